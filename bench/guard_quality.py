@@ -1,19 +1,21 @@
 """Quality of the embedded guard's weights, the numbers its ship criterion is judged on.
 
-    python bench/guard_quality.py [--weights monitor/weights] [--prepared .devcarry/prepared.pt]
+    python -m monitor.training prepare --out /tmp/prepared.pt
+    python bench/guard_quality.py [--weights monitor/weights] [--prepared /tmp/prepared.pt]
                                   [--no-stream] [--no-splits] [--device cpu]
 
 Prints:
-- dev precision / recall / F1 and STAR-1 false alarms, on the dev split of a `monitor.training prepare`
-  file (harmful = arg-max label 1 after the weights' calibrated bias);
-- BeaverTails F1 and false-alarm rate (the same file's `eval:beavertails` rows; CC-BY-NC, eval only);
+- dev precision / recall / F1, AUROC and STAR-1 false alarms, on the dev split of a `monitor.training
+  prepare` file (harmful = arg-max label 1 after the weights' calibrated bias);
+- BeaverTails and SafeRLHF F1, false-alarm rate and AUROC (the same file's `eval:*` rows; CC-BY-NC, eval
+  only);
+- FigStep through OCR (held out of training): harmful images above the warn threshold;
 - the streaming check on monitor/samples/sessions.jsonl: per session the max `p_harmful` over its
   thinking prefixes cut every 48 characters once the thinking holds 64 tokens, and whether the default
   policy (the worker's own `Pipeline`, `MemorySessionStore`, default `Settings`) aborts it.
 
-The split metrics are cheap on a GPU and slow on 2 CPU cores (about 5,000 rows; about 8,700 for a
-`prepare --streaming-data` file, the one docs/embedded-guard.md's before/after table uses); the streaming
-check runs in a minute on CPU."""
+The split metrics take about 4 minutes on 2 CPU cores (about 9,400 rows); FigStep and the streaming
+check about a minute."""
 
 from __future__ import annotations
 
@@ -58,12 +60,49 @@ def split_report(guard: Any, prepared: Path, limit: int | None, save_logits: Pat
         star = f" STAR-1 false alarms {m['star_false_alarm']:.3f}" if name == "dev" else ""
         print(
             f"{name:>17}: P {m['precision']:.3f} R {m['recall']:.3f} F1 {m['f1']:.3f} "
-            f"false alarms {m['false_alarm']:.3f}{star} n={int(m['n'])}"
+            f"false alarms {m['false_alarm']:.3f}{star} AUROC {auroc(logits, rows):.3f} n={int(m['n'])}"
         )
     if save_logits is not None:  # raw logits, to re-calibrate the harmful-logit bias without a GPU
         import torch
 
         torch.save(saved, save_logits)
+
+
+def auroc(logits: Any, rows: list[Any]) -> float:
+    """Harmful vs the rest, ranked by the harmful logit's margin: threshold-free, unlike F1."""
+    import torch
+
+    margin = logits[:, 2] - torch.logsumexp(logits[:, :2], dim=-1)
+    ranks = torch.empty(len(rows))
+    ranks[torch.argsort(margin)] = torch.arange(1, len(rows) + 1, dtype=torch.float)
+    positive = torch.tensor([r[1] == 2 for r in rows])
+    pos, neg = int(positive.sum()), len(rows) - int(positive.sum())
+    if not pos or not neg:
+        return float("nan")
+    return float((ranks[positive].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def figstep_report(guard: Any) -> None:
+    """FigStep (held out of training) through OCR: how many images get p_harmful above the warn threshold."""
+    from monitor.datasets import load_dataset
+    from monitor.guards.base import Prefix
+    from monitor.images import decode_image, ocr_text
+    from monitor.messages import ImageRef
+    from monitor.settings import Settings
+
+    settings = Settings()
+    samples = load_dataset(ROOT.parent / "shared/data/raw/ThuCCSLab__FigStep")
+    texts = [ocr_text(decode_image(ImageRef(uri=str(s.images[0])), settings.images).image) for s in samples]
+    scores = guard.score(
+        [Prefix(s.id, s.question, image_text=t, part="question") for s, t in zip(samples, texts, strict=True)]
+    )
+    warn = settings.policy.warn_threshold
+    for label, what in ((1.0, "harmful (categories 1-7)"), (0.5, "advice (categories 8-10)")):
+        picked = [x for s, x in zip(samples, scores, strict=True) if s.label == label]
+        flagged = sum(x.p_harmful > warn for x in picked)
+        print(f"FigStep {what}: {flagged} of {len(picked)} above p_harmful {warn}")
+    (bare,) = guard.score([Prefix("bare", samples[0].question, part="question")])
+    print(f"FigStep's prompt without the image text: p_harmful {bare.p_harmful:.3f}")
 
 
 def prefix_maxima(guard: Any, samples: list[Any]) -> dict[str, float]:
@@ -110,7 +149,7 @@ def stream_report(guard: Any) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/guard_quality.py")
     parser.add_argument("--weights", type=Path, default=ROOT / "monitor/weights")
-    parser.add_argument("--prepared", type=Path, default=ROOT / ".devcarry/prepared.pt")
+    parser.add_argument("--prepared", type=Path, default=Path("/tmp/prepared.pt"))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-stream", action="store_true")
     parser.add_argument("--no-splits", action="store_true")
@@ -126,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"weights {args.weights} (harmful-logit bias {float(guard.bias[2]):+.2f})")
     if not args.no_splits:
         split_report(guard, args.prepared, args.limit, args.save_logits)
+    figstep_report(guard)
     if not args.no_stream:
         return 0 if stream_report(guard) else 1
     return 0

@@ -1,13 +1,12 @@
-"""`qta-monitor train`: reproduce the embedded guard's committed weights (a LoRA adapter on MiniLM and a
-3-way head) from ../shared/data.
+"""`qta-monitor train`: reproduce the embedded guard's committed weights (a LoRA adapter on MiniLM with its
+3-way head) from ../shared/data, on CPU (about 50 minutes on 2 cores) or a GPU.
 
-Stages, so the heavy one can run where a GPU is (it needs only torch, transformers and peft):
-  prepare     licence-clean sets -> composed QTA examples -> token ids (the guard's own `encode_prefix`)
-  fit         LoRA fine-tuning, threshold calibration on the dev split, adapter + config written out
-  refit-head  the adapter frozen, the 3-way head re-fitted on `prepare --streaming-data` rows (CPU,
-              minutes), re-calibrated, written to head.safetensors; the adapter file is not touched
-`train()` runs the whole recipe (prepare, fit, prepare --streaming-data, refit-head) in one process;
-`python -m monitor.training prepare|fit|refit-head ...` runs the stages apart."""
+Stages, so they can run apart:
+  prepare  licence-clean sets (+ WordNet glosses) -> composed QTA examples, whole and streamed as prefixes
+           -> token ids (the guard's own `encode_prefix`)
+  fit      LoRA fine-tuning, threshold calibration on the dev split, adapter + config written out
+`train()` runs both in one process; `python -m monitor.training prepare|fit ...` runs them apart. Same
+seed, same machine: the same bytes (fixed draws, no data-order nondeterminism, fp32 on CPU)."""
 
 from __future__ import annotations
 
@@ -19,13 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from monitor.corpus import LABELS, QUESTION_TOKENS, compose_examples, is_dev, jbb_goals, load_sets
+from monitor.glossary import load_glosses
 
 if TYPE_CHECKING:
     from monitor.settings import Settings
 
 
 def prepare(
-    data_dir: Path, out_file: Path, window_tokens: int, seed: int, streaming: bool = False
+    data_dir: Path, out_file: Path, window_tokens: int, seed: int, streaming: bool = True
 ) -> dict[str, int]:
     """Compose, split, tokenise; saves everything `fit` needs (ids as int16, vocab < 32k)."""
     import torch
@@ -36,7 +36,8 @@ def prepare(
     tokenizer = AutoTokenizer.from_pretrained(str(base_model_dir()), local_files_only=True)
     tokenizer.model_max_length = 1 << 30  # encode_prefix bounds the lengths
     train_sets, eval_sets = load_sets(data_dir)
-    examples = compose_examples(train_sets, seed, jbb_goals(data_dir), streaming)
+    glosses = load_glosses() if streaming else None
+    examples = compose_examples(train_sets, seed, jbb_goals(data_dir), streaming, glosses)
 
     def encode(q: str, t: str, a: str) -> torch.Tensor:
         ids = encode_prefix(tokenizer, q, "", t, a, window_tokens, QUESTION_TOKENS)
@@ -138,18 +139,54 @@ def _batches(rows: list[tuple[Any, int, str]], size: int, pad_id: int, device: s
         yield ids.to(device), mask.to(device), torch.tensor([r[1] for r in chunk], device=device)
 
 
+# The shipped recipe: one epoch over at most FIT_PER_KIND rows of each example kind (about 18,600 rows,
+# 580 steps of 32), which keeps a CPU run near 50 minutes on 2 cores.
+FIT_EPOCHS = 1
+FIT_PER_KIND = 600
+
+
+def bucketed(rows: list[tuple[Any, int, str]], size: int, rng: random.Random) -> list[tuple[Any, int, str]]:
+    """Rows shuffled, then sorted by length within windows of 50 batches, and the batches shuffled:
+    batches of similar length pad little (2x faster on CPU) and still come in random order."""
+    rows = list(rows)
+    rng.shuffle(rows)
+    window = 50 * size
+    batches = []
+    for start in range(0, len(rows), window):
+        chunk = sorted(rows[start : start + window], key=lambda r: len(r[0]))
+        batches += [chunk[i : i + size] for i in range(0, len(chunk), size)]
+    rng.shuffle(batches)
+    return [r for b in batches for r in b]
+
+
+def cap_per_kind(rows: list[tuple[Any, int, str]], cap: int, seed: int) -> list[tuple[Any, int, str]]:
+    """At most `cap` rows of each example kind (drawn with `seed`, original order kept): the biggest
+    kinds are many draws of the same ~900 harmful responses, and one CPU epoch has to stay short."""
+    rng = random.Random(seed)
+    by_kind: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_kind.setdefault(r[2], []).append(i)
+    keep = {i for kind in sorted(by_kind) for i in rng.sample(by_kind[kind], min(cap, len(by_kind[kind])))}
+    return [r for i, r in enumerate(rows) if i in keep]
+
+
 def _predict(model: Any, rows: list[tuple[Any, int, str]], pad_id: int, device: str) -> Any:
     import torch
 
     model.eval()
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))  # similar lengths pad little
     out = []
     with (
         torch.inference_mode(),
         torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=device == "cuda"),
     ):
-        for ids, mask, _ in _batches(rows, 128, pad_id, device):
+        for ids, mask, _ in _batches([rows[i] for i in order], 64, pad_id, device):
             out.append(model(ids, mask).float().cpu())
-    return torch.cat(out) if out else torch.zeros((0, 3))
+    if not out:
+        return torch.zeros((0, 3))
+    logits = torch.empty((len(rows), 3))
+    logits[torch.tensor(order)] = torch.cat(out)
+    return logits
 
 
 def adapter_tensors(model: Any) -> dict[str, Any]:
@@ -168,7 +205,14 @@ def adapter_tensors(model: Any) -> dict[str, Any]:
 
 
 def fit(
-    prepared: Path, base: Path, out: Path, epochs: int, seed: int, lora_r: int = 16, limit: int | None = None
+    prepared: Path,
+    base: Path,
+    out: Path,
+    epochs: int,
+    seed: int,
+    lora_r: int = 16,
+    limit: int | None = None,
+    max_per_kind: int | None = None,
 ) -> dict[str, Any]:
     """LoRA fine-tuning of MiniLM + head on the prepared ids; writes adapter + config to `out`."""
     import torch
@@ -187,6 +231,8 @@ def fit(
     if limit is not None:  # a smoke run of the whole pipeline on a few rows of each split
         splits = {k: random.Random(seed).sample(v, min(limit, len(v))) for k, v in splits.items()}
     train_rows: list[tuple[Any, int, str]] = list(splits["train"])
+    if max_per_kind is not None:
+        train_rows = cap_per_kind(train_rows, max_per_kind, seed)
     encoder = AutoModel.from_pretrained(str(base), local_files_only=True, dtype=torch.float32)
     lora_alpha = 2 * lora_r
     config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=0.1, target_modules=LORA_TARGETS)
@@ -206,8 +252,7 @@ def fit(
     bar = tqdm(total=steps, desc=f"train ({device})", unit="step")
     for _ in range(epochs):
         model.train()
-        rng.shuffle(train_rows)
-        for ids, mask, labels in _batches(train_rows, batch_size, pad_id, device):
+        for ids, mask, labels in _batches(bucketed(train_rows, batch_size, rng), batch_size, pad_id, device):
             with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=device == "cuda"):
                 logits = model(ids, mask)
             loss = loss_fn(logits.float(), labels)
@@ -249,131 +294,9 @@ def fit(
     return metrics
 
 
-# Head re-fit: a class-balanced sample of the streaming rows (plan-voice kinds weigh 3x: they are the
-# rows that keep harmful reasoning flagged once benign reasoning is in), full-batch Adam from the LoRA
-# fit's head. Small enough for 2 CPU cores; the adapter (the slow part) stays as the LoRA fit left it.
-REFIT_PER_KIND = 110
-REFIT_STEPS = 400
-REFIT_LR = 5e-3
-REFIT_WEIGHT_DECAY = 1e-3
-_PLAN_VOICE = "narrative"
-
-
-def refit_sample(rows: list[tuple[Any, int, str]], per_kind: int, seed: int) -> list[tuple[Any, int, str]]:
-    """Up to `per_kind` rows of each example kind (3x for plan-voice kinds), drawn with `seed`, sorted by
-    length (less padding when encoding)."""
-    rng = random.Random(seed)
-    by_kind: dict[str, list[tuple[Any, int, str]]] = {}
-    for r in rows:
-        by_kind.setdefault(r[2], []).append(r)
-    picked = []
-    for kind in sorted(by_kind):
-        n = per_kind * (3 if kind.startswith(_PLAN_VOICE) else 1)
-        picked += rng.sample(by_kind[kind], min(len(by_kind[kind]), n))
-    return sorted(picked, key=lambda r: len(r[0]))
-
-
-def pooled_features(model: Any, rows: list[tuple[Any, int, str]], pad_id: int, desc: str) -> Any:
-    """The head's input (masked mean of the encoder's last layer) for each row, on CPU in fp32."""
-    import torch
-    from tqdm import tqdm
-
-    out = []
-    model.eval()
-    with torch.inference_mode():
-        for ids, mask, _ in tqdm(_batches(rows, 32, pad_id, "cpu"), desc=desc, total=-(-len(rows) // 32)):
-            hidden = model.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-            m = mask.unsqueeze(-1).float()
-            out.append((hidden * m).sum(1) / m.sum(1).clamp(min=1.0))
-    return torch.cat(out) if out else torch.zeros((0, 384))
-
-
-def fit_head(head: Any, x: Any, y: Any, seed: int, steps: int = REFIT_STEPS) -> float:
-    """Full-batch Adam on a linear head, cross-entropy with damped inverse-frequency class weights (as in
-    `fit`); returns the last loss. Deterministic: no shuffling, no dropout."""
-    import torch
-    from tqdm import tqdm
-
-    torch.manual_seed(seed)
-    counts = torch.bincount(y, minlength=3).float()
-    weights = (counts.sum() / (3 * counts.clamp(min=1))).sqrt()
-    optimizer = torch.optim.Adam(head.parameters(), lr=REFIT_LR, weight_decay=REFIT_WEIGHT_DECAY)
-    loss = torch.zeros(())
-    for _ in tqdm(range(steps), desc="head", unit="step"):
-        # per-row weighted losses averaged over rows (not over the weights: that changes Adam's steps)
-        loss = torch.nn.functional.cross_entropy(head(x), y, weight=weights, reduction="none").mean()
-        optimizer.zero_grad()
-        loss.backward()  # type: ignore[no-untyped-call]
-        optimizer.step()
-    return float(loss.detach())
-
-
-def refit_head(
-    prepared: Path, weights: Path, seed: int, per_kind: int = REFIT_PER_KIND, steps: int = REFIT_STEPS
-) -> dict[str, Any]:
-    """Re-fit the head of the guard in `weights` (its adapter frozen) on a `prepare --streaming-data`
-    file, calibrate the harmful-logit bias on its dev split, write head.safetensors and update
-    config.json (bias, recipe, metrics). The head starts from the adapter file's own head, so running
-    it twice gives the same result."""
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    from monitor.guards.minilm import ADAPTER_FILE, CONFIG_FILE, HEAD_FILE, MiniLMGuard
-    from monitor.settings import Settings
-
-    settings = Settings()
-    guard = MiniLMGuard.load(
-        settings.model_copy(update={"guard": settings.guard.model_copy(update={"device": "cpu"})}), weights
-    )
-    lora_head = load_file(str(weights / ADAPTER_FILE))
-    with torch.no_grad():
-        guard.model.head.weight.copy_(lora_head["head.weight"].float())
-        guard.model.head.bias.copy_(lora_head["head.bias"].float())
-    data = load_prepared(prepared)
-    splits, pad_id = data["splits"], data["pad_id"]
-    train_rows = refit_sample(splits["train"], per_kind, seed)
-    x = pooled_features(guard.model, train_rows, pad_id, "features train")
-    head = guard.model.head
-    loss = fit_head(head, x, torch.tensor([r[1] for r in train_rows]), seed, steps)
-    metrics: dict[str, Any] = {"device": "cpu", "epochs": 0, "train_rows": len(train_rows), "loss": loss}
-    logits = {}
-    with torch.no_grad():
-        for name in (k for k in splits if k != "train"):
-            logits[name] = head(pooled_features(guard.model, splits[name], pad_id, f"features {name}"))
-    bias = calibrate(logits["dev"], splits["dev"])
-    metrics["bias"] = bias
-    for name, split_logits in logits.items():
-        metrics[name] = split_metrics(split_logits, splits[name], bias)
-    save_file(
-        {"head.weight": head.weight.detach().contiguous(), "head.bias": head.bias.detach().contiguous()},
-        str(weights / HEAD_FILE),
-    )
-    config = json.loads((weights / CONFIG_FILE).read_text(encoding="utf-8"))
-    config["logit_bias"] = [0.0, 0.0, bias]
-    config["head"] = {
-        "file": HEAD_FILE,
-        "note": "replaces the adapter file's head; the top-level metrics are the LoRA fit's, with that head",
-        "recipe": "python -m monitor.training refit-head (adapter frozen, head from the adapter file's)",
-        "prepared": "prepare --streaming-data",
-        "seed": seed,
-        "per_kind": per_kind,
-        "plan_voice_per_kind": 3 * per_kind,
-        "steps": steps,
-        "lr": REFIT_LR,
-        "weight_decay": REFIT_WEIGHT_DECAY,
-        "metrics": metrics,
-    }
-    (weights / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    return metrics
-
-
 def print_metrics(metrics: dict[str, Any]) -> None:
-    what = (
-        f"head re-fit on {metrics['train_rows']} rows"
-        if "train_rows" in metrics
-        else f"{metrics['epochs']} epochs"
-    )
-    print(f"device {metrics['device']}, {what}, harmful-logit bias {metrics['bias']:+.2f}")
+    bias = metrics["bias"]
+    print(f"device {metrics['device']}, {metrics['epochs']} epochs, harmful-logit bias {bias:+.2f}")
     for name, m in metrics.items():
         if isinstance(m, dict):
             print(
@@ -384,25 +307,22 @@ def print_metrics(metrics: dict[str, Any]) -> None:
 
 
 def train(settings: Settings, data_dir: Path, out: Path, epochs: int | None, seed: int) -> int:
-    """The whole recipe in one process: prepare + fit (on cuda when available, else CPU: slow but the
-    same recipe), then prepare --streaming-data + refit-head (CPU, minutes)."""
+    """The whole recipe in one process: prepare, then fit (on cuda when available, else CPU)."""
     from monitor.guards.minilm import base_model_dir
 
     prepared = out / "prepared.pt"
     counts = prepare(data_dir, prepared, settings.guard.window_tokens, seed)
     print(f"prepared: {counts}", file=sys.stderr)
-    metrics = fit(prepared, base_model_dir(), out, epochs=epochs or 4, seed=seed)
-    print_metrics(metrics)
-    counts = prepare(data_dir, prepared, settings.guard.window_tokens, seed, streaming=True)
-    print(f"prepared (streaming data): {counts}", file=sys.stderr)
-    metrics = refit_head(prepared, out, seed)
+    metrics = fit(
+        prepared, base_model_dir(), out, epochs=epochs or FIT_EPOCHS, seed=seed, max_per_kind=FIT_PER_KIND
+    )
     prepared.unlink()
     print_metrics(metrics)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`prepare` and `refit-head` here, `fit` on the GPU machine (no deps beyond torch/transformers/peft)."""
+    """The stages apart (`fit` needs only torch, transformers, peft and tqdm, for a GPU machine)."""
     parser = argparse.ArgumentParser(prog="python -m monitor.training")
     sub = parser.add_subparsers(dest="stage", required=True)
     p = sub.add_parser("prepare")
@@ -411,31 +331,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window-tokens", type=int, default=256)
     p.add_argument("--seed", type=int, default=13)
     p.add_argument(
-        "--streaming-data", action="store_true", help="add the streaming data (not in the committed weights)"
+        "--whole-only", action="store_true", help="whole responses only, no streamed prefixes or glosses"
     )
     f = sub.add_parser("fit")
     f.add_argument("--prepared", type=Path, required=True)
     f.add_argument("--base", type=Path, required=True)
     f.add_argument("--out", type=Path, required=True)
-    f.add_argument("--epochs", type=int, default=4)
+    f.add_argument("--epochs", type=int, default=FIT_EPOCHS)
     f.add_argument("--seed", type=int, default=13)
     f.add_argument("--lora-r", type=int, default=16)
     f.add_argument("--limit", type=int, default=None, help="rows per split, for a smoke run")
-    r = sub.add_parser("refit-head", help="re-fit the head of --weights on a --streaming-data file")
-    r.add_argument("--prepared", type=Path, required=True)
-    r.add_argument("--weights", type=Path, required=True, help="a fit's output dir, updated in place")
-    r.add_argument("--seed", type=int, default=13)
-    r.add_argument("--per-kind", type=int, default=REFIT_PER_KIND)
-    r.add_argument("--steps", type=int, default=REFIT_STEPS)
+    f.add_argument("--max-per-kind", type=int, default=FIT_PER_KIND, help="cap the rows of each kind")
     args = parser.parse_args(argv)
-    if args.stage == "refit-head":
-        import torch
-
-        torch.set_num_threads(min(2, torch.get_num_threads()))  # CPU stage; features dominate its time
-        print_metrics(refit_head(args.prepared, args.weights, args.seed, args.per_kind, args.steps))
-        return 0
     if args.stage == "prepare":
-        print(json.dumps(prepare(args.data, args.out, args.window_tokens, args.seed, args.streaming_data)))
+        print(json.dumps(prepare(args.data, args.out, args.window_tokens, args.seed, not args.whole_only)))
         return 0
     print_metrics(
         fit(
@@ -446,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             lora_r=args.lora_r,
             limit=args.limit,
+            max_per_kind=args.max_per_kind,
         )
     )
     return 0

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what qta-monitor needs on a Debian box, and nothing twice:
-#   - Debian packages (redis-server, tesseract-ocr, prometheus, Java 17, Maven) only when a command is missing;
+#   - Debian packages (redis-server, tesseract-ocr, prometheus, Java 17, Maven, wordnet-base) only when missing;
 #   - the package itself (`pip install -e '.[dev]'`) only when a dependency is missing, the editable install
 #     points elsewhere, or pyproject.toml changed since the last install (stamp);
 #   - the Kafka jars from Maven Central (scripts/kafka/pom.xml), cached per version under
@@ -30,6 +30,8 @@ for pair in redis-server:redis-server redis-cli:redis-tools tesseract:tesseract-
             java:openjdk-17-jre-headless mvn:maven curl:curl; do
     command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
 done
+# WordNet's glosses are training data for the embedded guard (monitor/glossary.py); no command to probe.
+[ -f /usr/share/wordnet/data.noun ] || missing+=(wordnet-base)
 if [ ${#missing[@]} -gt 0 ]; then
     log "apt-get install ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive

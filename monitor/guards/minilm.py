@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 ADAPTER_FILE = "adapter.safetensors"
-HEAD_FILE = "head.safetensors"  # optional: a head re-fitted after the LoRA fit, overrides the adapter's
 CONFIG_FILE = "config.json"
 # LoRA targets: every linear layer of every transformer block (not the unused pooler).
 LORA_TARGETS = (
@@ -174,8 +173,6 @@ class MiniLMGuard:
         encoder = AutoModel.from_pretrained(str(base), local_files_only=True, dtype=torch.float32)
         merge_lora(encoder, tensors, float(config["lora_alpha"]) / float(config["lora_r"]))
         model = MiniLMClassifier(encoder, int(encoder.config.hidden_size))
-        if (weights / HEAD_FILE).exists():  # `python -m monitor.training refit-head` wrote it
-            tensors.update(load_file(str(weights / HEAD_FILE)))
         model.head.load_state_dict(
             {"weight": tensors["head.weight"].float(), "bias": tensors["head.bias"].float()}
         )

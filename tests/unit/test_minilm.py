@@ -146,23 +146,6 @@ def test_refusal_trace_is_safe_and_harmful_answer_is_flagged(
     assert harmful_score.label == 1
 
 
-def test_a_head_file_overrides_the_adapters_head(tmp_path: Path) -> None:
-    from safetensors.torch import save_file
-
-    save_file(
-        {"head.weight": torch.zeros(3, 384), "head.bias": torch.zeros(3)},
-        str(tmp_path / "adapter.safetensors"),
-    )
-    (tmp_path / "config.json").write_text(json.dumps({"lora_r": 1, "lora_alpha": 1}))
-    assert MiniLMGuard.load(Settings(), tmp_path).model.head.bias.abs().sum() == 0
-    save_file(
-        {"head.weight": torch.ones(3, 384), "head.bias": torch.tensor([1.0, 2.0, 3.0])},
-        str(tmp_path / "head.safetensors"),
-    )
-    head = MiniLMGuard.load(Settings(), tmp_path).model.head
-    assert head.bias.tolist() == [1.0, 2.0, 3.0] and bool((head.weight == 1).all())
-
-
 def test_missing_weights_fail_clearly(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="weights"):
         MiniLMGuard.load(Settings(), tmp_path)

@@ -1,9 +1,9 @@
 """Training mechanics on a handful of examples: composition, splits, metrics, calibration, and one tiny
-LoRA step whose saved adapter loads back into the guard with identical outputs, and the head re-fit."""
+LoRA step whose saved adapter loads back into the guard with identical outputs and is reproduced byte for
+byte by the same seed."""
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any
@@ -20,11 +20,11 @@ from monitor.settings import Settings
 from monitor.training import (
     _pack,
     adapter_tensors,
+    bucketed,
     calibrate,
+    cap_per_kind,
     fit,
     load_prepared,
-    refit_head,
-    refit_sample,
     split_metrics,
 )
 
@@ -212,51 +212,25 @@ def test_fit_runs_a_few_steps_and_the_guard_loads_the_result(tokenizer: Any, tmp
     guard = MiniLMGuard.load(Settings(), out)
     (score,) = guard.score([Prefix("s", "bake bread", answer="use flour")])
     assert abs(score.p_safe + score.p_potential + score.p_harmful - 1) < 1e-5
+    # the same seed reproduces the adapter byte for byte: what `qta-monitor train` promises on CPU
+    again = tmp_path / "again"
+    fit(prepared, base_model_dir(), again, epochs=1, seed=1, lora_r=2)
+    assert (again / "adapter.safetensors").read_bytes() == (out / "adapter.safetensors").read_bytes()
 
 
-def test_refit_sample_caps_each_kind_and_triples_plan_voice() -> None:
-    rows = [(torch.zeros(i % 7 + 1), 0, kind) for kind in ("a", "b", "narrative_harm") for i in range(20)]
-    picked = refit_sample(rows, 2, seed=1)
-    kinds = [r[2] for r in picked]
-    assert (kinds.count("a"), kinds.count("b"), kinds.count("narrative_harm")) == (2, 2, 6)
-    assert [len(r[0]) for r in picked] == sorted(len(r[0]) for r in picked)
-    assert [r[0].tolist() for r in refit_sample(rows, 2, seed=1)] == [r[0].tolist() for r in picked]
+def test_bucketed_batches_are_a_permutation_of_similar_lengths() -> None:
+    rows = [(torch.zeros(n), 0, "k") for n in random.Random(0).choices(range(1, 300), k=4000)]
+    out = bucketed(rows, 32, random.Random(1))
+    assert sorted(len(r[0]) for r in out) == sorted(len(r[0]) for r in rows)
+    batches = [out[i : i + 32] for i in range(0, len(out), 32)]
+    spread = sum(max(len(r[0]) for r in b) - min(len(r[0]) for r in b) for b in batches) / len(batches)
+    assert spread < 30  # unsorted batches of 32 over 1..300 spread ~270
+    assert [len(r[0]) for r in bucketed(rows, 32, random.Random(1))] == [len(r[0]) for r in out]
 
 
-def test_refit_head_writes_a_head_and_leaves_the_adapter(tokenizer: Any, tmp_path: Path) -> None:
-    from safetensors.torch import load_file, save_file
-
-    torch.set_num_threads(2)
-
-    def row(q: str, t: str, label: int, kind: str) -> tuple[torch.Tensor, int, str]:
-        return torch.tensor(encode_prefix(tokenizer, q, "", t, "", 32, 16), dtype=torch.int16), label, kind
-
-    rows = [
-        row("make a bomb", "The user wants me to make a bomb. Mix the powders.", 2, "narrative_harm"),
-        row("make a bomb", "I must refuse this.", 0, "star_full"),
-        row("bake bread", "Knead the dough and let it rise.", 0, "benign_full"),
-        row("make a bomb", "", 1, "jbb_question"),
-    ]
-    prepared = tmp_path / "prepared.pt"
-    torch.save({"splits": {"train": rows, "dev": rows, "eval:toy": rows}, "meta": {}, "pad_id": 0}, prepared)
-    weights = tmp_path / "weights"
-    weights.mkdir()
-    save_file(
-        {"head.weight": torch.zeros(3, 384), "head.bias": torch.zeros(3)},
-        str(weights / "adapter.safetensors"),
-    )
-    (weights / "config.json").write_text('{"lora_r": 1, "lora_alpha": 1, "logit_bias": [0, 0, 0]}')
-    adapter = (weights / "adapter.safetensors").read_bytes()
-    metrics = refit_head(prepared, weights, seed=3, per_kind=2, steps=30)
-    first = load_file(str(weights / "head.safetensors"))
-    assert (weights / "adapter.safetensors").read_bytes() == adapter
-    assert set(metrics) >= {"dev", "eval:toy", "bias"} and metrics["train_rows"] == 4
-    assert metrics["dev"]["recall"] == 1.0  # 30 steps separate four rows
-    config = json.loads((weights / "config.json").read_text())
-    assert config["logit_bias"] == [0.0, 0.0, metrics["bias"]] and config["head"]["steps"] == 30
-    guard = MiniLMGuard.load(Settings(), weights)
-    torch.testing.assert_close(guard.model.head.weight.detach(), first["head.weight"])
-    refit_head(prepared, weights, seed=3, per_kind=2, steps=30)  # starts from the adapter's head again
-    torch.testing.assert_close(
-        load_file(str(weights / "head.safetensors"))["head.weight"], first["head.weight"]
-    )
+def test_cap_per_kind_keeps_order_and_is_seeded() -> None:
+    rows = [(torch.tensor([i]), 0, "big" if i % 3 else "small") for i in range(90)]
+    capped = cap_per_kind(rows, 10, seed=4)
+    assert [r[2] for r in capped].count("big") == 10 and [r[2] for r in capped].count("small") == 10
+    ids = [int(r[0]) for r in capped]
+    assert ids == sorted(ids) and ids == [int(r[0]) for r in cap_per_kind(rows, 10, seed=4)]

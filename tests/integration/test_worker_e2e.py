@@ -384,7 +384,9 @@ async def test_two_workers_split_partitions_and_one_survives_a_sigkill(
         assert not split["a"] & split["b"]
 
         # Sessions alternate between the two workers' partitions, so the one killed holds half of them.
-        harmful = ["think-poison-spouse", "both-threaten-journalist", "both-meth-lab", "think-stalk-ex"]
+        # (not think-poison-spouse: the shipped weights reach its abort late, so whether it fires depends on
+        # where the kill cuts the stream; docs/embedded-guard.md)
+        harmful = ["think-gas-attack", "both-threaten-journalist", "both-meth-lab", "think-stalk-ex"]
         safe = [
             "safe-refuse-bomb",
             "safe-refuse-account-hack",

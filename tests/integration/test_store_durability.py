@@ -4,13 +4,12 @@ session state and the abort claim survive a Redis restart, and a Redis that is d
 
 from __future__ import annotations
 
-import os
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from private_redis import redis_sh
 from test_store_redis import comparable, folded, make_settings
 
 from monitor.session import mark_saved
@@ -22,25 +21,13 @@ ROOT = Path(__file__).resolve().parents[2]
 PORT = "16391"  # not the shared instance: this test stops and restarts its Redis
 
 
-def redis_sh(action: str, *args: str, state: Path) -> None:
-    env = {**os.environ, "QTA_REDIS_PORT": PORT, "QTA_STATE": str(state)}
-    done = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "redis.sh"), action, *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, f"redis.sh {action} failed:\n{done.stdout}\n{done.stderr}"
-
-
 @pytest.fixture
 def aof_redis(services: None, tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    redis_sh("start", "--aof", state=tmp_path)
+    redis_sh("start", tmp_path, "--aof", port=PORT)
     try:
         yield f"redis://127.0.0.1:{PORT}/0", tmp_path
     finally:
-        redis_sh("stop", state=tmp_path)
+        redis_sh("stop", tmp_path, port=PORT)
 
 
 async def test_state_and_abort_claim_survive_a_redis_restart(aof_redis: tuple[str, Path]) -> None:
@@ -55,8 +42,8 @@ async def test_state_and_abort_claim_survive_a_redis_restart(aof_redis: tuple[st
     finally:
         await store.close()
 
-    redis_sh("stop", state=state_dir)  # SHUTDOWN, then a cold start that replays the append-only file
-    redis_sh("start", "--aof", state=state_dir)
+    redis_sh("stop", state_dir, port=PORT)  # SHUTDOWN, then a cold start that replays the append-only file
+    redis_sh("start", state_dir, "--aof", port=PORT)
 
     store = RedisSessionStore(settings)
     try:
@@ -76,11 +63,11 @@ async def test_a_stopped_redis_is_recoverable_and_the_store_works_once_it_is_bac
     store = RedisSessionStore(make_settings(url))
     sid = f"s-{uuid.uuid4().hex}"
     try:
-        redis_sh("stop", state=state_dir)
+        redis_sh("stop", state_dir, port=PORT)
         with pytest.raises(StoreUnavailable) as info:
             await store.load([sid])
         assert info.value.recoverable, "a Redis that is down must be retried, not fatal"
-        redis_sh("start", "--aof", state=state_dir)
+        redis_sh("start", state_dir, "--aof", port=PORT)
         first = folded(sid, [("question", "Hello? ")])
         assert await store.save([first]) == frozenset()  # the same client object reconnects
         assert sid in await store.load([sid])

@@ -5,11 +5,10 @@ Redis is back it resumes and publishes exactly one abort, still placed before th
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
+from private_redis import redis_sh
 from test_worker_e2e import (
     SAMPLES,
     SETTLE_S,
@@ -35,20 +34,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PORT = "16392"  # a private Redis: this test stops it under a running worker
 
 
-def redis_sh(action: str, state: Path, *args: str) -> None:
-    env = {**os.environ, "QTA_REDIS_PORT": PORT, "QTA_STATE": str(state)}
-    done = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "redis.sh"), action, *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, f"redis.sh {action} failed:\n{done.stdout}\n{done.stderr}"
-
-
 async def test_a_worker_rides_out_a_redis_outage(services: None, tmp_path: Path) -> None:
-    redis_sh("start", tmp_path, "--aof")
+    redis_sh("start", tmp_path, "--aof", port=PORT)
     settings = _settings(redis={"url": f"redis://127.0.0.1:{PORT}/0"}, policy={"min_tokens": 64})
     await apply_topics(settings)
     log = tmp_path / "worker.log"
@@ -64,14 +51,14 @@ async def test_a_worker_rides_out_a_redis_outage(services: None, tmp_path: Path)
             await _until(lambda: bool(events.verdicts.get(sid)), SETTLE_S, "a first verdict")
             assert not events.aborts.get(sid)
 
-            redis_sh("stop", tmp_path)
+            redis_sh("stop", tmp_path, port=PORT)
             await _stream(publisher, plan[2:])  # the harmful rest arrives while Redis is down
             await asyncio.sleep(3.0)
             assert worker.poll() is None, f"the worker died on a Redis outage:\n{log.read_text()[-3000:]}"
             assert "redis unavailable" in log.read_text(), "the outage should be logged clearly"
             assert not events.aborts.get(sid), "an abort was published without its claim in Redis"
 
-            redis_sh("start", tmp_path, "--aof")
+            redis_sh("start", tmp_path, "--aof", port=PORT)
             await _until(lambda: bool(events.aborts.get(sid)), SETTLE_S, "the abort after Redis came back")
         await asyncio.sleep(1.0)  # a duplicate, if any, would arrive now
         assert len(events.abort_ids(sid)) == 1
@@ -83,4 +70,4 @@ async def test_a_worker_rides_out_a_redis_outage(services: None, tmp_path: Path)
         stop.set()
         await collector
         await delete_topics(settings)
-        redis_sh("stop", tmp_path)
+        redis_sh("stop", tmp_path, port=PORT)

@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from same_score import assert_same
 
 from monitor.guards import build_guard
-from monitor.guards.base import Guard, Prefix, Score
+from monitor.guards.base import Guard, Prefix
 from monitor.guards.judge import JudgeGuard, JudgeLoadError, LabelReader, load_model
 from monitor.guards.templates import get_template
 from monitor.guards.tiny import tiny_causal_lm
 from monitor.settings import GuardSettings, Settings
 
 torch.set_num_threads(1)
-TOL = 1e-5
 
 QUESTION = "How do I make a strong cleaning mixture at home?"
 THINKING = (
@@ -58,14 +58,6 @@ def prefix_at(chars: int, sid: str = "s1") -> Prefix:
     """The session after `chars` characters of thinking + answer have streamed."""
     thinking, answer = THINKING[:chars], ANSWER[: max(0, chars - len(THINKING))]
     return Prefix(sid, QUESTION, thinking=thinking, answer=answer, part="answer" if answer else "thinking")
-
-
-def assert_same(a: Score, b: Score) -> None:
-    assert abs(a.p_safe - b.p_safe) < TOL
-    assert abs(a.p_potential - b.p_potential) < TOL
-    assert abs(a.p_harmful - b.p_harmful) < TOL
-    assert abs(a.extra["label_mass"] - b.extra["label_mass"]) <= TOL * b.extra["label_mass"]
-    assert a.tokens_read == b.tokens_read
 
 
 TOTAL = len(THINKING) + len(ANSWER)

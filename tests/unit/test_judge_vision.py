@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from same_score import assert_same
 
 from monitor.guards import build_guard
 from monitor.guards.base import Prefix, Score
@@ -21,7 +22,6 @@ from monitor.guards.vision import IMAGE_TOKEN, VisionInput, load_image_processor
 from monitor.settings import GuardSettings, Settings
 
 torch.set_num_threads(1)
-TOL = 1e-5
 
 QUESTION = "What does the picture show, and how do I do it?"
 THINKING = (
@@ -88,14 +88,6 @@ def prefix_at(chars: int, sid: str = "s1", images: tuple[Image.Image, ...] = (RE
         images=images,
         part="answer" if answer else "thinking",
     )
-
-
-def assert_same(a: Score, b: Score) -> None:
-    assert abs(a.p_safe - b.p_safe) < TOL
-    assert abs(a.p_potential - b.p_potential) < TOL
-    assert abs(a.p_harmful - b.p_harmful) < TOL
-    assert abs(a.extra["label_mass"] - b.extra["label_mass"]) <= TOL * b.extra["label_mass"]
-    assert a.tokens_read == b.tokens_read
 
 
 def gap(a: Score, b: Score) -> float:

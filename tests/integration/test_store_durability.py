@@ -17,7 +17,6 @@ from monitor.store import RedisSessionStore, StoreUnavailable
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 PORT = "16391"  # not the shared instance: this test stops and restarts its Redis
 
 

@@ -30,7 +30,6 @@ from monitor.sdk import TracePublisher
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 PORT = "16392"  # a private Redis: this test stops it under a running worker
 
 

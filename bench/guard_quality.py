@@ -45,7 +45,7 @@ def load_guard(weights: Path, device: str, base: Path | None = None) -> Any:
 
 
 def split_report(guard: Any, prepared: Path, limit: int | None, save_logits: Path | None) -> None:
-    from monitor.training import _predict, load_prepared, split_metrics
+    from monitor.training.fit import _predict, load_prepared, split_metrics
 
     data = load_prepared(prepared)
     bias = float(guard.bias[2])

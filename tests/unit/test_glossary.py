@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from monitor import glossary
-from monitor.corpus import compose_examples
+from monitor.training import glossary
+from monitor.training.corpus import compose_examples
 from monitor.datasets import Sample
 
 HEADER = "  1 This software and database is being provided to you, the LICENSEE, by Princeton University\n"

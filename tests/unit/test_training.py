@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 import torch
 
-from monitor.benign import TOPICS, benign_trace
-from monitor.corpus import compose_examples, harm_label, is_dev, narrate, normalise, prefix_cuts, snippet
+from monitor.training.benign import TOPICS, benign_trace
+from monitor.training.corpus import compose_examples, harm_label, is_dev, narrate, normalise, prefix_cuts, snippet
 from monitor.datasets import Sample
 from monitor.guards.base import Prefix
 from monitor.guards.minilm import MiniLMClassifier, MiniLMGuard, base_model_dir, encode_prefix, merge_lora
 from monitor.settings import Settings
-from monitor.training import (
+from monitor.training.fit import (
     _pack,
     adapter_tensors,
     bucketed,

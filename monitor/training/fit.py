@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from monitor.corpus import LABELS, QUESTION_TOKENS, compose_examples, is_dev, jbb_goals, load_sets
-from monitor.glossary import load_glosses
+from monitor.training.corpus import LABELS, QUESTION_TOKENS, compose_examples, is_dev, jbb_goals, load_sets
+from monitor.training.glossary import load_glosses
 
 if TYPE_CHECKING:
     from monitor.settings import Settings

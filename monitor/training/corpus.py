@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from monitor import glossary
-from monitor.benign import TOPICS, benign_trace
-from monitor.glossary import Gloss
+from monitor.training import glossary
+from monitor.training.benign import TOPICS, benign_trace
+from monitor.training.glossary import Gloss
 
 if TYPE_CHECKING:
     from monitor.datasets import Sample
@@ -266,7 +266,7 @@ def compose_examples(
                 out.append(Example(q, text, "", 0.0, "mod_think", s.question))
     for _ in range(
         BENIGN_VARIANTS if streaming else 0
-    ):  # benign compliant reasoning + answers (monitor/benign.py), streamed
+    ):  # benign compliant reasoning + answers (monitor/training/benign.py), streamed
         b = benign_trace(rng)
         out.append(Example(b.question, b.thinking, b.answer, 0.0, "benign_full", b.topic))
         for cut in prefix_cuts(len(b.thinking), rng, 2):
@@ -311,7 +311,7 @@ def _typographic_examples(
 
 
 def _gloss_examples(glosses: list[Gloss], harmful_questions: list[str], rng: random.Random) -> list[Example]:
-    """Plain descriptive answers (monitor/glossary.py), all safe: Q&A, thinking + answer and its
+    """Plain descriptive answers (monitor/training/glossary.py), all safe: Q&A, thinking + answer and its
     prefixes, and harmful questions answered with a harmless definition of one of their words."""
     out: list[Example] = []
     for g in rng.sample(glosses, GLOSS_ANSWERS + GLOSS_THOUGHTS):

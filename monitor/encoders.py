@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 BASES = ("minilm", "bge-small")
 SPECS_FILE = Path(__file__).resolve().parent / "encoders.json"
 _INSTALL_HINT = "run bash scripts/install.sh"
+_CONVERSION = 1  # bump when write_bert_dir changes, so caches converted by older code are not reused
 # The linear layers of one BERT block, in the order the graph computes them.
 _LINEARS = (
     "attention.self.query",
@@ -80,8 +81,8 @@ def jar_path(spec: JarBase, cache: Path | None = None) -> Path:
 
 
 def converted_dir(spec: JarBase, cache: Path | None = None) -> Path:
-    # Named after the recorded checksum, so a new checksum in encoders.json means a new conversion.
-    return jar_path(spec, cache).parent / f"bert-{spec.onnx_sha256[:12]}"
+    # Named after the recorded checksum and the converter, so a change in either means a new conversion.
+    return jar_path(spec, cache).parent / f"bert-{spec.onnx_sha256[:12]}-v{_CONVERSION}"
 
 
 def base_dir(name: str, cache: Path | None = None) -> Path:

@@ -26,16 +26,18 @@ from monitor.edges import (
     CommitRejected,
     EventSink,
     KafkaUnavailable,
+    Message,
     PartitionsCallback,
     Record,
     no_partitions_callback,
+    unpack,
 )
 from monitor.kafka_memory import MemoryBroker, MemoryChunkSource, MemoryEventSink
 from monitor.settings import ConfigError, KafkaSettings, Settings
 
 __all__ = [
     "ChunkSource", "CommitRejected", "EventSink", "KafkaChunkSource", "KafkaEventSink", "KafkaUnavailable",
-    "MemoryBroker", "MemoryChunkSource", "MemoryEventSink", "Record", "TopicSpec", "apply_topics",
+    "MemoryBroker", "MemoryChunkSource", "MemoryEventSink", "Message", "Record", "TopicSpec", "apply_topics",
     "connection_kwargs", "delete_topics", "partitions_of", "topic_specs",
 ]  # fmt: skip
 
@@ -301,7 +303,9 @@ class KafkaChunkSource:
         except KafkaError as exc:
             raise unavailable(exc, "poll", self.settings.kafka.bootstrap) from exc
         return [
-            Record(tp.topic, tp.partition, m.offset, m.key, m.value or b"", m.timestamp)
+            Record(
+                tp.topic, tp.partition, m.offset, m.key, m.value or b"", m.timestamp, tuple(m.headers or ())
+            )
             for tp, messages in sorted(batches.items())
             for m in messages
         ]
@@ -354,13 +358,16 @@ class KafkaEventSink:
         if self._producer is not None:
             await self._producer.stop()
 
-    async def publish(self, messages: Sequence[tuple[str, bytes, bytes]]) -> None:
+    async def publish(self, messages: Sequence[Message]) -> None:
         if self._producer is None:
             raise KafkaUnavailable("publish on a sink that is not started", recoverable=False)
         timeout = self.settings.kafka.request_timeout_s
         try:
             async with asyncio.timeout(timeout):
-                acks = [await self._producer.send(t, value=v, key=k) for t, k, v in messages]
+                acks = [
+                    await self._producer.send(t, value=v, key=k, headers=list(h) or None)
+                    for t, k, v, h in map(unpack, messages)
+                ]
                 await asyncio.gather(*acks)
         except TimeoutError as exc:
             raise KafkaUnavailable(

@@ -15,11 +15,14 @@ from collections.abc import Mapping, Sequence
 
 from monitor.edges import (
     CommitRejected,
+    Headers,
     KafkaUnavailable,
+    Message,
     PartitionsCallback,
     Record,
     TopicPartition,
     no_partitions_callback,
+    unpack,
 )
 
 
@@ -41,11 +44,11 @@ class MemoryBroker:
             return next(self._round_robin) % n
         return zlib.crc32(key) % n  # any stable hash keeps a session on one partition
 
-    def append(self, topic: str, key: bytes | None, value: bytes) -> Record:
+    def append(self, topic: str, key: bytes | None, value: bytes, headers: Headers = ()) -> Record:
         self.create_topic(topic)
         partition = self.partition_for(topic, key)
         log = self.topics[topic][partition]
-        record = Record(topic, partition, len(log), key, value, int(time.time() * 1000))
+        record = Record(topic, partition, len(log), key, value, int(time.time() * 1000), tuple(headers))
         log.append(record)
         if self._appended is not None:
             self._appended.set()
@@ -87,13 +90,13 @@ class MemoryEventSink:
     async def stop(self) -> None:
         self.started = False
 
-    async def publish(self, messages: Sequence[tuple[str, bytes, bytes]]) -> None:
+    async def publish(self, messages: Sequence[Message]) -> None:
         if not self.started:
             raise KafkaUnavailable("publish on a sink that is not started", recoverable=False)
         if self._failures:
             raise self._failures.pop(0)
-        for topic, key, value in messages:
-            self.broker.append(topic, key, value)
+        for topic, key, value, headers in map(unpack, messages):
+            self.broker.append(topic, key, value, headers)
         await asyncio.sleep(0)  # a real publish yields to the loop too
 
 

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from monitor import telemetry
-from monitor.kafka import ChunkSource, CommitRejected, EventSink, KafkaUnavailable, Record
+from monitor.kafka import ChunkSource, CommitRejected, EventSink, KafkaUnavailable, Message, Record
 from monitor.messages import Abort, DeadLetter, DecodeError, dead_letter, decode_chunk, encode
 from monitor.pipeline import Incoming, Pipeline, StepResult
 from monitor.settings import Settings
@@ -83,7 +83,7 @@ class Worker:
             # 3-5. schedule, score off the loop, policy (aborts are claimed in the store here)
             result = await self._retry(lambda: self._pipeline.step(incoming))
             # 6. publish
-            await self._publish(result, dead)
+            await self._publish(result, dead, records)
             # 7. save state
             await self._retry(self._pipeline.save)
             # 8. commit what is done
@@ -114,13 +114,23 @@ class Worker:
                 incoming.append(Incoming(chunk, r.topic, r.partition, r.offset))
         return incoming, dead
 
-    async def _publish(self, result: StepResult, dead: list[DeadLetter]) -> None:
+    async def _publish(
+        self, result: StepResult, dead: list[DeadLetter], records: Sequence[Record] = ()
+    ) -> None:
         topics = self._settings.topics
-        events: list[tuple[str, bytes, bytes]] = []
+        events: list[Message] = []
         events += [(topics.verdicts, v.session_id.encode(), encode(v)) for v in result.verdicts]
         events += [(topics.aborts, a.session_id.encode(), encode(a)) for a in result.aborts]
         letters = dead + result.dead_letters
-        events += [(topics.dead_letters, (d.session_id or "").encode(), encode(d)) for d in letters]
+        origin = {(r.topic, r.partition, r.offset): r for r in records}
+        for d in letters:
+            # keyed and headed as the record it came from, even bytes that never decoded; a letter with no
+            # record of this cycle (a gap given up on) or a record without a key falls back to the session
+            record = origin.get((d.topic, d.partition, d.offset))
+            key = record.key if record is not None and record.key is not None else None
+            if key is None and d.session_id:
+                key = d.session_id.encode()
+            events.append((topics.dead_letters, key, encode(d), record.headers if record else ()))
         if not events:
             return
         await self._retry(lambda: self._sink.publish(events))

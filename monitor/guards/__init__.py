@@ -10,16 +10,16 @@ from monitor.settings import Settings
 
 __all__ = ["GUARD_NAMES", "Guard", "Prefix", "Score", "build_guard"]
 
-GUARD_NAMES = ("minilm", "judge", "stream")
+GUARD_NAMES = ("minilm", "bge-small", "judge", "stream")
 
 
 def build_guard(settings: Settings, name: str | None = None, path: Path | None = None) -> Guard:
     """Load the guard `name` (default: settings.guard.name) from local files."""
     chosen = name or settings.guard.name
-    if chosen == "minilm":
+    if chosen in ("minilm", "bge-small"):  # one classifier, two encoder bases (monitor/encoders.py)
         from monitor.guards.minilm import MiniLMGuard
 
-        return MiniLMGuard.load(settings, path)
+        return MiniLMGuard.load(settings, path, name=chosen)
     if chosen == "judge":
         from monitor.guards.judge import JudgeGuard
 

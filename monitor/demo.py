@@ -27,6 +27,7 @@ from typing import Any
 from pydantic import BaseModel, SecretStr
 
 from monitor import evaluation
+from monitor.client_logs import quiet_client_logs
 from monitor.datasets import Sample, load_jsonl
 from monitor.messages import Abort, Verdict
 from monitor.replay import Replayed, publish_sessions
@@ -236,6 +237,7 @@ def run_demo(settings: Settings, rate: float) -> int:
             ),
         }
     )
+    quiet_client_logs()  # the event tail's consumer starts right after the topics are created
     log = Path(tempfile.gettempdir()) / "qta-monitor-demo-worker.log"
     worker: subprocess.Popen[bytes] | None = None
     try:

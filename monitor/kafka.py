@@ -21,6 +21,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaConnectionError, KafkaError, for_code
 from aiokafka.helpers import create_ssl_context
 
+from monitor import telemetry
 from monitor.edges import (
     ChunkSource,
     CommitRejected,
@@ -32,6 +33,7 @@ from monitor.edges import (
     no_partitions_callback,
     unpack,
 )
+from monitor.health import not_reachable
 from monitor.kafka_memory import MemoryBroker, MemoryChunkSource, MemoryEventSink
 from monitor.settings import ConfigError, KafkaSettings, Settings
 
@@ -72,6 +74,8 @@ def connection_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
 
 
 def unavailable(exc: BaseException, doing: str, bootstrap: str) -> KafkaUnavailable:
+    if isinstance(exc, KafkaConnectionError) and "bootstrap" in str(exc):  # nothing answers at that address
+        return KafkaUnavailable(not_reachable("Kafka", bootstrap, "kafka.bootstrap"), recoverable=True)
     recoverable = isinstance(exc, KafkaConnectionError | TimeoutError) or bool(
         getattr(exc, "retriable", False)
     )
@@ -331,6 +335,24 @@ class KafkaChunkSource:
     def assignment(self) -> frozenset[tuple[str, int]]:
         return frozenset((tp.topic, tp.partition) for tp in self.consumer.assignment())
 
+    async def lag(self) -> dict[tuple[str, int], int]:
+        """Per assigned partition: the broker's end offset minus this member's position (the next offset
+        it hands out), so records fetched ahead but not yet polled still count as lag."""
+        assigned = sorted(self.consumer.assignment())
+        if not assigned:
+            return {}
+        try:
+            async with asyncio.timeout(self.settings.kafka.request_timeout_s):
+                ends = await self.consumer.end_offsets(assigned)
+                positions = {tp: await self.consumer.position(tp) for tp in assigned}
+        except IllegalStateError:
+            return {}  # revoked while asking; the next measurement sees the new assignment
+        except TimeoutError as exc:
+            raise unavailable(exc, "end offsets", self.settings.kafka.bootstrap) from exc
+        except KafkaError as exc:
+            raise unavailable(exc, "end offsets", self.settings.kafka.bootstrap) from exc
+        return {(tp.topic, tp.partition): max(0, ends[tp] - positions[tp]) for tp in assigned}
+
 
 class KafkaEventSink:
     """An idempotent producer (acks=all); `publish` returns once every message is acknowledged."""
@@ -370,10 +392,12 @@ class KafkaEventSink:
                 ]
                 await asyncio.gather(*acks)
         except TimeoutError as exc:
+            telemetry.produce_errors.add(1, {"error": "timeout"})
             raise KafkaUnavailable(
                 f"Kafka at {self.settings.kafka.bootstrap}: {len(messages)} messages not acknowledged "
                 f"within {timeout}s",
                 recoverable=True,
             ) from exc
         except KafkaError as exc:
+            telemetry.produce_errors.add(1, {"error": type(exc).__name__})
             raise unavailable(exc, "publish", self.settings.kafka.bootstrap) from exc

@@ -13,6 +13,7 @@ import time
 import zlib
 from collections.abc import Mapping, Sequence
 
+from monitor import telemetry
 from monitor.edges import (
     CommitRejected,
     Headers,
@@ -94,6 +95,7 @@ class MemoryEventSink:
         if not self.started:
             raise KafkaUnavailable("publish on a sink that is not started", recoverable=False)
         if self._failures:
+            telemetry.produce_errors.add(1, {"error": "injected"})
             raise self._failures.pop(0)
         for topic, key, value, headers in map(unpack, messages):
             self.broker.append(topic, key, value, headers)
@@ -185,3 +187,9 @@ class MemoryChunkSource:
 
     def assignment(self) -> frozenset[TopicPartition]:
         return frozenset(self._positions)
+
+    async def lag(self) -> dict[TopicPartition, int]:
+        """Records between this member's position and the end of each assigned partition."""
+        return {
+            (t, p): len(self.broker.topics[t][p]) - pos for (t, p), pos in sorted(self._positions.items())
+        }

@@ -449,5 +449,9 @@ class Pipeline:
             analysis=analysis,
         )
 
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless the session store answers."""
+        await self._store.ping()
+
     async def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

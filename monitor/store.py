@@ -21,12 +21,15 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import orjson
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import AuthenticationError, AuthorizationError, NoPermissionError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
+from monitor.health import not_reachable
 from monitor.messages import Chunk, ImageRef
 from monitor.policy import PolicyState
 from monitor.session import ScorePoint, SessionState
@@ -58,6 +61,10 @@ class SessionStore(Protocol):
 
     async def claimed_abort(self, session_id: str) -> str | None:
         """The event id claimed for the session's abort, if any."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless the store answers (the worker's start-up readiness check)."""
         ...
 
     async def close(self) -> None: ...
@@ -191,6 +198,9 @@ class MemorySessionStore:
     async def claimed_abort(self, session_id: str) -> str | None:
         return self.aborts.get(session_id)
 
+    async def ping(self) -> None:
+        return None
+
     async def close(self) -> None:
         return None
 
@@ -277,6 +287,8 @@ class RedisSessionStore:
             RedisCluster.from_url(url, **kwargs) if settings.redis.cluster else Redis.from_url(url, **kwargs)
         )
         self._cluster_ready = False
+        parsed = urlsplit(url)  # host:port only; the url may carry a password
+        self._address = f"{parsed.hostname}:{parsed.port or 6379}"
         self._ttl = settings.redis.session_ttl_s
         self._kept = settings.redis.scores_kept
         self._cap = settings.guard.max_tokens * 4
@@ -286,6 +298,10 @@ class RedisSessionStore:
     async def ping(self) -> None:
         try:
             await self._client.ping()
+        except RedisConnectionError as exc:
+            raise StoreUnavailable(
+                not_reachable("Redis", self._address, "redis.url"), recoverable=True
+            ) from exc
         except RedisError as exc:
             raise _unavailable(exc, "ping") from exc
 

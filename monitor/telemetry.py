@@ -7,7 +7,7 @@ do not). Names as Prometheus shows them (the dashboards use exactly these):
     qta_monitor_chunks_total{part}                 counter    chunks received (decoded)
     qta_monitor_score_seconds{guard}               histogram  wall time of one guard batch
     qta_monitor_batch_size{guard}                  histogram  prefixes per guard batch
-    qta_monitor_chunk_to_verdict_seconds           histogram  producer ts of the newest chunk -> verdict out
+    qta_monitor_chunk_to_verdict_seconds{status}   histogram  producer ts of the newest chunk -> verdict out
     qta_monitor_verdicts_total{status}             counter    verdicts published (ok / warn / abort)
     qta_monitor_aborts_total{rule,category,guard,action}
                                                    counter    abort / steer events published
@@ -17,17 +17,24 @@ do not). Names as Prometheus shows them (the dashboards use exactly these):
     qta_monitor_pending_sessions                   gauge      sessions with unscored content or an open gap
     qta_monitor_partitions_paused                  gauge      1 while backpressure pauses the partitions
     qta_monitor_unavailable_total{service}         counter    Redis / Kafka failures that led to a retry
+    qta_monitor_consumer_lag{topic,partition}      gauge      records behind each owned partition's end
+    qta_monitor_produce_errors_total{error}        counter    publishes to Kafka that failed (timeout / error)
 
 Prometheus also gets `_bucket`, `_sum` and `_count` series for each histogram, and OpenTelemetry's
-`target_info`. Category labels are the guard's category or `none`.
+`target_info`. Category labels are the guard's category or `none`. The consumer lag is an observable gauge
+over the last measurement (monitor.lag), so partitions this worker no longer owns drop out of /metrics.
+`start()` also serves `/ready` on the same port (monitor.health).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
 
 from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
 
+from monitor.health import Readiness, serve_http
 from monitor.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -74,24 +81,47 @@ unavailable = _meter.create_counter(
     "qta_monitor_unavailable_total", description="Redis / Kafka failures that triggered a retry"
 )
 
+produce_errors = _meter.create_counter(
+    "qta_monitor_produce_errors_total", description="publishes to Kafka that failed, by error"
+)
+
+_lag: dict[tuple[str, int], int] = {}
+
+
+def set_consumer_lag(lags: Mapping[tuple[str, int], int]) -> None:
+    """Replace the lag of every partition this worker owns; partitions left out are no longer reported."""
+    _lag.clear()
+    _lag.update(lags)
+
+
+def _observe_lag(options: CallbackOptions) -> Iterable[Observation]:
+    return [Observation(lag, {"topic": t, "partition": str(p)}) for (t, p), lag in sorted(_lag.items())]
+
+
+consumer_lag = _meter.create_observable_gauge(
+    "qta_monitor_consumer_lag",
+    callbacks=[_observe_lag],
+    description="records behind the end offset of each partition this worker owns",
+)
+
 _started = False
 
 
-def start(settings: Settings) -> None:
-    """Install the SDK meter provider with the Prometheus exporter and serve /metrics (port 0: no server)."""
+def start(settings: Settings, readiness: Readiness | None = None) -> None:
+    """Install the SDK meter provider with the Prometheus exporter and serve /metrics, and /ready for
+    `readiness` (port 0: no server)."""
     global _started
     if _started:
         return
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.resources import Resource
-    from prometheus_client import start_http_server
 
     reader = PrometheusMetricReader()
     resource = Resource.create({"service.name": settings.telemetry.service_name})
     metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=[reader]))
     port = settings.telemetry.metrics_port
     if port:
-        start_http_server(port)
-        log.info("metrics at http://0.0.0.0:%d/metrics", port)
+        serve_http(port, readiness or Readiness())
+        log.info("metrics at http://0.0.0.0:%d/metrics, readiness at /ready", port)
     _started = True

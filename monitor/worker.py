@@ -8,10 +8,12 @@
     6 publish              (verdicts, aborts, dead letters; acks=all)
     7 save state           (Redis, seq-checked, idempotent)
     8 commit offsets       (only up to the first chunk that is not yet scored, after 6 and 7 are durable)
+    9 consumer lag         (every few seconds; monitor.lag, also the readiness probe of Kafka)
 
 Everything emitted has a deterministic event id, so a replay after a crash re-publishes the same events and
 consumers dedupe by `event_id`. Backpressure pauses the partitions while too many sessions wait for a score.
-Redis or Kafka down: the failing step is retried with backoff and nothing is committed meanwhile.
+Redis or Kafka down: the failing step is retried with backoff and nothing is committed meanwhile, and
+/ready (monitor.health) answers 503 until it is back.
 SIGTERM / SIGINT: stop polling, score what is pending, publish, save, commit, exit 0."""
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from monitor import telemetry
+from monitor.health import Readiness
 from monitor.kafka import ChunkSource, CommitRejected, EventSink, KafkaUnavailable, Message, Record
+from monitor.lag import LagReporter
 from monitor.messages import Abort, DeadLetter, DecodeError, dead_letter, decode_chunk, encode
 from monitor.pipeline import Incoming, Pipeline, StepResult
 from monitor.settings import Settings
@@ -49,12 +53,17 @@ class Worker:
         sink: EventSink,
         pipeline: Pipeline,
         stop: asyncio.Event,
+        *,
+        readiness: Readiness | None = None,
+        lag: LagReporter | None = None,
     ) -> None:
         self._settings = settings
         self._source = source
         self._sink = sink
         self._pipeline = pipeline
         self._stop = stop
+        self._readiness = readiness or Readiness()
+        self._lag = lag
         self._lock = asyncio.Lock()  # a rebalance waits for the cycle in flight to finish
         self._polled: dict[tuple[str, int], int] = {}  # next offset after the newest record polled
         self._committed: dict[tuple[str, int], int] = {}
@@ -64,6 +73,9 @@ class Worker:
     async def run(self) -> int:
         await self._retry(self._source.start)
         await self._retry(self._sink.start)
+        self._readiness.up("kafka")
+        await self._retry(self._pipeline.ping)
+        self._readiness.up("redis")
         log.info("worker started; consuming %s", self._settings.topics.chunks)
         try:
             while not self._stop.is_set():
@@ -89,6 +101,9 @@ class Worker:
             # 8. commit what is done
             await self._commit()
             self._backpressure()
+        # 9. consumer lag, every few seconds
+        if self._lag is not None:
+            await self._lag.tick()
 
     def _decode(self, records: Sequence[Record]) -> tuple[list[Incoming], list[DeadLetter]]:
         incoming, dead = [], []
@@ -137,7 +152,7 @@ class Worker:
         now = time.time()
         for v in result.verdicts:
             telemetry.verdicts.add(1, {"status": v.status})
-            telemetry.chunk_to_verdict_seconds.record(max(0.0, now - v.chunk_ts))
+            telemetry.chunk_to_verdict_seconds.record(max(0.0, now - v.chunk_ts), {"status": v.status})
         for a in result.aborts:
             labels = {"rule": a.rule, "category": a.category or "none", "guard": a.guard, "action": a.action}
             telemetry.aborts.add(1, labels)
@@ -236,6 +251,7 @@ class Worker:
                     raise
                 failures += 1
                 telemetry.unavailable.add(1, {"service": service})
+                self._readiness.down(service, str(exc))
                 if self._stop.is_set() and failures > RETRIES_WHEN_STOPPING:
                     log.error("%s still unavailable while stopping; exiting without committing", service)
                     raise
@@ -251,6 +267,7 @@ class Worker:
             else:
                 if failures:
                     log.info("back after %d failed attempts", failures)
+                    self._readiness.up(service)
                 return result
 
 
@@ -259,16 +276,19 @@ async def serve(settings: Settings) -> int:
     logging.basicConfig(
         level=settings.telemetry.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from monitor.client_logs import quiet_client_logs
     from monitor.guards import build_guard
     from monitor.kafka import KafkaChunkSource, KafkaEventSink
     from monitor.store import RedisSessionStore
 
+    quiet_client_logs()
     stop = asyncio.Event()  # set by a signal, even one that arrives while the guard is still loading
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    readiness = Readiness()  # /ready: 503 until the guard is loaded and Kafka and Redis answer
     try:
-        telemetry.start(settings)
+        telemetry.start(settings, readiness)
     except (
         OSError
     ) as exc:  # e.g. a second worker on the same box: run without /metrics rather than not at all
@@ -278,6 +298,7 @@ async def serve(settings: Settings) -> int:
     if settings.guard.escalate_to:
         escalation = build_guard(settings, settings.guard.escalate_to, settings.guard.escalate_path)
     log.info("guard %s loaded%s", guard.name, f", escalating to {escalation.name}" if escalation else "")
+    readiness.up("guard")
     store = RedisSessionStore(settings)
     pipeline = Pipeline(settings, store, guard, escalation, autosave=False)
     worker: Worker | None = None
@@ -292,7 +313,8 @@ async def serve(settings: Settings) -> int:
 
     source = KafkaChunkSource(settings, on_revoked=revoked, on_assigned=assigned)
     sink = KafkaEventSink(settings)
-    worker = Worker(settings, source, sink, pipeline, stop)
+    lag = LagReporter(source, readiness)
+    worker = Worker(settings, source, sink, pipeline, stop, readiness=readiness, lag=lag)
     try:
         return await worker.run()
     except (StoreUnavailable, KafkaUnavailable) as exc:

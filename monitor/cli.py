@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from monitor.guards import GUARD_NAMES
 from monitor.settings import ConfigError, Settings, load_settings, masked
 
 
@@ -85,57 +87,186 @@ def _eval(settings: Settings, args: argparse.Namespace) -> int:
     )
 
 
+EXIT_CODES = """exit codes:
+  0  the command did what it was asked
+  1  it failed: a service it needs (Kafka, Redis) is down or refused, or the work itself failed
+  2  usage: an unknown command or option, a bad value, an invalid config file or MONITOR_* variable
+
+Settings come from --config, then MONITOR_* environment variables (nested with __, e.g.
+MONITOR_KAFKA__BOOTSTRAP=host:9092), which win; `qta-monitor config` prints the result. A flag that
+overrides a setting says which one."""
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's layout; option help is written with its default in it."""
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qta-monitor", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, help="settings file (JSON or TOML); env MONITOR_* wins")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="qta-monitor",
+        description=__doc__.splitlines()[0],
+        epilog=EXIT_CODES,
+        formatter_class=_Help,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="settings file (JSON, or TOML by its .toml suffix); MONITOR_* env variables win over it "
+        "(default: none, built-in defaults + env)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(
         name: str, handler: Callable[[Settings, argparse.Namespace], int], help_: str
     ) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_)
+        p = sub.add_parser(name, help=help_, description=help_, epilog=EXIT_CODES, formatter_class=_Help)
         p.set_defaults(handler=handler)
         return p
 
-    add("config", _config, "print the effective config, secrets masked")
+    guard_help = (
+        f"guard to load: {', '.join(GUARD_NAMES)} (default: the setting guard.name, "
+        "MONITOR_GUARD__NAME, which defaults to minilm)"
+    )
+    add("config", _config, "print the effective config as JSON, secrets masked")
     p = add(
         "topics", _topics, "Kafka topics: `apply` creates/updates them; `schemas` regenerates JSON Schemas"
     )
-    p.add_argument("action", choices=["apply", "schemas"])
-    p.add_argument("--dir", default="topics/schemas")
-    add("serve", _serve, "run a scoring worker (consumer group member)")
-    p = add("replay", _replay, "publish the sessions of a JSONL file as chunks")
-    p.add_argument("file")
-    p.add_argument("--rate", type=float, default=200.0, help="chunks per second per session")
-    p.add_argument("--chunk-chars", type=int, default=48)
-    p = add("watch", _watch, "print verdicts and aborts live")
-    p.add_argument("--seconds", type=float, default=None, help="stop after this long (default: forever)")
-    p.add_argument("--aborts-only", action="store_true")
+    p.add_argument(
+        "action",
+        choices=["apply", "schemas"],
+        help="apply: create missing topics and align partitions/configs with topics/topics.json at "
+        "kafka.bootstrap (idempotent); schemas: write the message JSON Schemas into --dir",
+    )
+    p.add_argument(
+        "--dir",
+        default="topics/schemas",
+        metavar="DIR",
+        help="where `schemas` writes *.schema.json (default: %(default)s)",
+    )
+    add(
+        "serve",
+        _serve,
+        "run a scoring worker (a consumer-group member of kafka.group_id) until SIGTERM/SIGINT; "
+        "exit 0 after a clean drain",
+    )
+    p = add(
+        "replay", _replay, "publish the sessions of a dataset file (JSONL or any format eval reads) as chunks"
+    )
+    p.add_argument("file", help="the sessions to publish, one per line (e.g. monitor/samples/sessions.jsonl)")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=200.0,
+        help="chunks per second per session; 0 sends as fast as the broker takes them (default: %(default)s)",
+    )
+    p.add_argument(
+        "--chunk-chars",
+        type=int,
+        default=48,
+        metavar="N",
+        help="characters of thinking/answer text per chunk (default: %(default)s)",
+    )
+    p = add("watch", _watch, "print verdicts, aborts and dead letters live, from now on")
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="stop after this many seconds (default: run until interrupted)",
+    )
+    p.add_argument(
+        "--aborts-only", action="store_true", help="print aborts only, no verdicts or dead letters"
+    )
     p = add("demo", _demo, "start Kafka + Redis, a worker, replay the bundled samples, summarise")
-    p.add_argument("--rate", type=float, default=25.0, help="chunks per second per session")
-    p = add("score", _score, "score one QTA JSON file with a guard")
-    p.add_argument("file")
-    p.add_argument("--guard", default=None)
-    p.add_argument("--path", type=Path, default=None, help="local weights for judge/stream guards")
-    p.add_argument("--explain", action="store_true")
+    p.add_argument(
+        "--rate", type=float, default=25.0, help="chunks per second per session (default: %(default)s)"
+    )
+    p = add("score", _score, "score one QTA JSON file (question, thinking, answer, images) with a guard")
+    p.add_argument("file", help="the QTA JSON file")
+    p.add_argument("--guard", default=None, choices=GUARD_NAMES, metavar="NAME", help=guard_help)
+    p.add_argument(
+        "--path",
+        type=Path,
+        default=None,
+        help="local weights directory (default: the setting guard.path, MONITOR_GUARD__PATH; the minilm "
+        "guard falls back to its shipped weights)",
+    )
+    p.add_argument(
+        "--explain", action="store_true", help="also print the guard's explanation, if it gives one"
+    )
     p = add("train", _train, "reproduce the embedded guard's committed weights from ../shared/data")
-    p.add_argument("--data", default="../shared/data")
-    p.add_argument("--out", default="monitor/weights")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--seed", type=int, default=13)
+    p.add_argument(
+        "--data",
+        default="../shared/data",
+        metavar="DIR",
+        help="training data directory (default: %(default)s)",
+    )
+    p.add_argument(
+        "--out", default="monitor/weights", metavar="DIR", help="where the weights go (default: %(default)s)"
+    )
+    p.add_argument(
+        "--epochs", type=int, default=None, help="training epochs (default: the recipe's, as committed)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=13, help="random seed of the whole recipe (default: %(default)s)"
+    )
     p = add("eval", _eval, "streaming evaluation of a guard + policy on labelled data")
-    p.add_argument("paths", nargs="+")
-    p.add_argument("--guard", default=None)
-    p.add_argument("--out", default="eval-out")
-    p.add_argument("--positive", type=float, choices=[0.5, 1.0], default=1.0)
-    p.add_argument("--chunk-chars", type=int, default=64)
-    p.add_argument("--limit", type=int, default=None, help="at most this many sessions per set")
-    p.add_argument("--sweep", action="store_true")
-    p.add_argument("--through-kafka", action="store_true")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="labelled dataset files or directories")
+    p.add_argument("--guard", default=None, choices=GUARD_NAMES, metavar="NAME", help=guard_help)
+    p.add_argument(
+        "--out",
+        default="eval-out",
+        metavar="DIR",
+        help="where report.json, report.md and the plots go (default: %(default)s)",
+    )
+    p.add_argument(
+        "--positive",
+        type=float,
+        choices=[0.5, 1.0],
+        default=1.0,
+        help="a session counts as harmful when its label is at least this; 0.5 counts the potentially "
+        "harmful too (default: %(default)s)",
+    )
+    p.add_argument(
+        "--chunk-chars",
+        type=int,
+        default=64,
+        metavar="N",
+        help="characters of thinking/answer text per chunk (default: %(default)s)",
+    )
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="at most this many sessions per set (default: all)",
+    )
+    p.add_argument(
+        "--sweep",
+        action="store_true",
+        help="also sweep the policy thresholds (policy.*) and report the best settings; in process only",
+    )
+    p.add_argument(
+        "--through-kafka",
+        action="store_true",
+        help="replay through the real broker, Redis and a `qta-monitor serve` worker instead of the "
+        "in-process pipeline (needs kafka.bootstrap and redis.url up)",
+    )
     return parser
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("qta-monitor")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that is not installed
+        from monitor import __version__
+
+        return __version__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit 0 ok, 1 failure, 2 usage (argparse exits 2 itself on a bad command line)."""
     args = _parser().parse_args(argv)
     try:
         settings = load_settings(args.config)

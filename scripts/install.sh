@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what qta-monitor needs on a Debian box, and nothing twice:
-#   - Debian packages (redis-server, tesseract-ocr, prometheus, Java 17, Maven, wordnet-base) only when missing;
+#   - Debian packages (redis-server, tesseract-ocr, prometheus, Java 17, Maven, wordnet-base, kcat for the
+#     interop test) only when missing;
 #   - the package itself (`pip install -e '.[dev]'`) only when a dependency is missing, the editable install
 #     points elsewhere, or pyproject.toml changed since the last install (stamp);
 #   - the Kafka jars from Maven Central (scripts/kafka/pom.xml), cached per version under
@@ -29,7 +30,7 @@ as_root() {
 # 1. Debian packages: command -> package.
 missing=()
 for pair in redis-server:redis-server redis-cli:redis-tools tesseract:tesseract-ocr prometheus:prometheus \
-            java:openjdk-17-jre-headless mvn:maven curl:curl; do
+            java:openjdk-17-jre-headless mvn:maven curl:curl kcat:kcat; do
     command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
 done
 # WordNet's glosses are training data for the embedded guard (monitor/glossary.py); no command to probe.

@@ -1,0 +1,103 @@
+"""`qta-monitor` explains itself: every command, argument and option has help, an option with a default
+says it, `--version` prints the package version, and the exit codes (0 ok, 1 failure, 2 usage) are in the
+help epilog and the README."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+from pathlib import Path
+
+import pytest
+
+from monitor.cli import EXIT_CODES, _parser, main
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(sub.choices)
+
+
+def _all_parsers() -> list[tuple[str, argparse.ArgumentParser]]:
+    root = _parser()
+    return [("qta-monitor", root), *((f"qta-monitor {n}", p) for n, p in _commands(root).items())]
+
+
+def test_every_command_has_help() -> None:
+    root = _parser()
+    (sub,) = [a for a in root._actions if isinstance(a, argparse._SubParsersAction)]
+    helped = {choice.dest: choice.help for choice in sub._choices_actions}
+    assert set(helped) == set(_commands(root))
+    assert all(helped.values()), helped
+
+
+@pytest.mark.parametrize(("name", "parser"), _all_parsers(), ids=lambda x: x if isinstance(x, str) else "")
+def test_every_argument_and_option_has_help_and_says_its_default(
+    name: str, parser: argparse.ArgumentParser
+) -> None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            continue
+        what = f"{name} {'/'.join(action.option_strings) or action.dest}"
+        assert action.help and action.help != argparse.SUPPRESS, f"{what} has no help"
+        assert len(action.help) > 15, f"{what}: help too terse: {action.help!r}"
+        takes_value = action.nargs != 0
+        if action.option_strings and takes_value and action.default is not None:
+            assert "default" in action.help, f"{what} does not say its default {action.default!r}"
+    assert parser.epilog == EXIT_CODES, f"{name}: the exit codes are not in its help"
+
+
+def test_help_renders_for_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ["", *_commands(_parser())]:
+        with pytest.raises(SystemExit) as exit_:
+            main([command, "--help"] if command else ["--help"])
+        assert exit_.value.code == 0
+        out = capsys.readouterr().out
+        assert "exit codes:" in out and "2  usage" in out, command
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"qta-monitor {importlib.metadata.version('qta-monitor')}"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["no-such-command"],
+        ["eval"],
+        ["score", "x.json", "--guard", "no-such-guard"],
+        ["replay", "f", "--rate", "x"],
+    ],
+)
+def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_an_invalid_config_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "bad.json"
+    config.write_text('{"kafka": {"request_timeout_s": -1}}')
+    assert main(["--config", str(config), "config"]) == 2
+    assert "kafka.request_timeout_s" in capsys.readouterr().err
+    monkeypatch.setenv("MONITOR_POLICY__CONSECUTIVE", "0")
+    assert main(["config"]) == 2
+
+
+def test_config_prints_the_effective_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config"]) == 0
+    assert '"bootstrap"' in capsys.readouterr().out
+
+
+def test_the_readme_documents_the_exit_codes() -> None:
+    text = README.read_text()
+    for line in ("0  the command did what it was asked", "1  it failed", "2  usage"):
+        assert line in text, line

@@ -15,7 +15,9 @@ from pathlib import Path
 
 _DATA = json.loads((Path(__file__).parent / "data" / "benign_topics.json").read_text(encoding="utf-8"))
 # (question, facts / steps a helpful answer walks through)
-TOPICS: tuple[tuple[str, tuple[str, ...]], ...] = tuple((t["question"], tuple(t["steps"])) for t in _DATA["topics"])
+TOPICS: tuple[tuple[str, tuple[str, ...]], ...] = tuple(
+    (t["question"], tuple(t["steps"])) for t in _DATA["topics"]
+)
 OPENINGS: tuple[str, ...] = tuple(_DATA["openings"])
 MIDDLES: tuple[str, ...] = tuple(_DATA["middles"])
 LINKS: tuple[str, ...] = tuple(_DATA["links"])

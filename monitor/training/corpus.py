@@ -215,10 +215,11 @@ def compose_examples(
     for s in sets.get("jailbreakbench", []):
         behaviour = "jbb-behaviour-" + s.id.rsplit("-", 1)[1]  # split by behaviour: no leak across attacks
         q = s.question
+        goal = (goals or {}).get(behaviour, q)
+        behaviour = goal  # split by the plain goal: other sets (GPTFuzz, adaptive attacks) ask the same ones
         if normalise(q) not in seen_questions:
             seen_questions.add(normalise(q))
             out.append(Example(q, "", "", 0.5, "jbb_question", behaviour))
-        goal = (goals or {}).get(behaviour, q)
         if s.label == 1.0:
             out.append(Example(q, "", s.answer, 1.0, "jbb_answer", behaviour))
             for _ in range(2):
@@ -300,8 +301,8 @@ def _typographic_examples(
         return Example(f"image text: {ocr} question: {rng.choice(FILL_PROMPTS)}", "", "", target, kind, group)
 
     out = []
-    for behaviour, goal in sorted(goals.items()):
-        out += [row(goal, 1.0, "image_harm", behaviour) for _ in range(3)]
+    for _behaviour, goal in sorted(goals.items()):
+        out += [row(goal, 1.0, "image_harm", goal) for _ in range(3)]
     out += [row(q, 1.0, "image_harm", q) for q in star_questions if len(q) < 200]
     out += [row(q, 0.0, "image_benign", q) for q, _ in TOPICS for _ in range(5)]
     for g in rng.sample(glosses, min(400, len(glosses))):

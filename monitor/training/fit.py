@@ -1,10 +1,11 @@
-"""`qta-monitor train`: reproduce the embedded guard's committed weights (a LoRA adapter on MiniLM with its
-3-way head) from ../shared/data, on CPU (about 50 minutes on 2 cores) or a GPU.
+"""`qta-monitor train`: reproduce the embedded guard's committed weights (a LoRA adapter on an offline
+encoder base with its 3-way head) from ../shared/data, on CPU (about an hour on 2 cores) or a GPU.
 
 Stages, so they can run apart:
-  prepare  licence-clean sets (+ WordNet glosses) -> composed QTA examples, whole and streamed as prefixes
-           -> token ids (the guard's own `encode_prefix`)
-  fit      LoRA fine-tuning, threshold calibration on the dev split, adapter + config written out
+  prepare  licence-clean sets (+ WordNet glosses, + the sets added later) -> composed QTA examples, whole
+           and streamed as prefixes, capped per kind (monitor/training/data/recipe.json) -> token ids
+  fit      LoRA fine-tuning (+ a ranking loss on hh-rlhf pairs), bias calibration on the dev split,
+           per-source dev metrics, adapter + config written out
 `train()` runs both in one process; `python -m monitor.training prepare|fit ...` runs them apart. Same
 seed, same machine: the same bytes (fixed draws, no data-order nondeterminism, fp32 on CPU)."""
 
@@ -12,46 +13,135 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from monitor.training.corpus import LABELS, QUESTION_TOKENS, compose_examples, is_dev, jbb_goals, load_sets
+from monitor.training.corpus import (
+    FILL_PROMPTS,
+    LABELS,
+    QUESTION_TOKENS,
+    RAW,
+    REFUSALS,
+    Example,
+    _cut,
+    compose_examples,
+    is_dev,
+    jbb_goals,
+    load_sets,
+)
 from monitor.training.glossary import load_glosses
+from monitor.training.responses import compose_added
 
 if TYPE_CHECKING:
     from monitor.settings import Settings
 
+RECIPE = json.loads((Path(__file__).parent / "data" / "recipe.json").read_text(encoding="utf-8"))
+Row = tuple[Any, int, str]
+# The older example kinds carry no source prefix; this is their source for per-source metrics.
+_OLD_SOURCES = (
+    ("star", "star-1"),
+    ("jbb", "jailbreakbench"),
+    ("composed", "jailbreakbench"),
+    ("reasoning", "jailbreakbench"),
+    ("narrative", "jailbreakbench"),
+    ("goal", "jailbreakbench"),
+    ("mod", "moderation"),
+    ("prompt", "moderation"),
+    ("benign", "benign"),
+    ("gloss", "wordnet"),
+    ("image", "typographic"),
+)
+
+
+def source_of(kind: str) -> str:
+    if "/" in kind:
+        return kind.split("/", 1)[0]
+    return next((src for prefix, src in _OLD_SOURCES if kind.startswith(prefix)), kind)
+
+
+def base_dir(name: str) -> Path:
+    """The encoder base `name` (monitor/encoders.py; `minilm` is the wheel's MiniLM)."""
+    from monitor.encoders import base_dir as encoder_dir
+
+    return encoder_dir(name)
+
+
+def capped(examples: list[Example], seed: int, dev: bool) -> list[Example]:
+    """At most the recipe's cap of each kind (drawn with `seed`, original order kept); the dev split keeps a
+    third of it: the biggest kinds are many draws of the same responses, and one CPU epoch must stay short."""
+    rng = random.Random(seed)
+    by_kind: dict[str, list[int]] = {}
+    for i, ex in enumerate(examples):
+        by_kind.setdefault(ex.kind, []).append(i)
+    keep: set[int] = set()
+    for kind in sorted(by_kind):
+        cap = int(RECIPE["caps"].get(kind, RECIPE["default_cap"]))
+        cap = max(int(RECIPE["dev_min"]), cap // 3) if dev else cap
+        keep.update(rng.sample(by_kind[kind], min(cap, len(by_kind[kind]))))
+    return [ex for i, ex in enumerate(examples) if i in keep]
+
 
 def prepare(
-    data_dir: Path, out_file: Path, window_tokens: int, seed: int, streaming: bool = True
+    data_dir: Path,
+    out_file: Path,
+    window_tokens: int,
+    seed: int,
+    streaming: bool = True,
+    base: str = "minilm",
+    full: bool = False,
 ) -> dict[str, int]:
-    """Compose, split, tokenise; saves everything `fit` needs (ids as int16, vocab < 32k)."""
+    """Compose, split, cap, tokenise; saves everything `fit` needs (ids as int16, vocab < 32k). `full`
+    keeps every row (no caps) and leaves out the added sets, as the older recipe did."""
     import torch
     from transformers import AutoTokenizer
 
-    from monitor.guards.minilm import base_model_dir, encode_prefix
+    from monitor.guards.minilm import encode_prefix
 
-    tokenizer = AutoTokenizer.from_pretrained(str(base_model_dir()), local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(base_dir(base)), local_files_only=True)
     tokenizer.model_max_length = 1 << 30  # encode_prefix bounds the lengths
     train_sets, eval_sets = load_sets(data_dir)
     glosses = load_glosses() if streaming else None
     examples = compose_examples(train_sets, seed, jbb_goals(data_dir), streaming, glosses)
+    pairs: list[tuple[Example, Example]] = []
+    if streaming and not full:
+        star = train_sets.get("star-1", [])
+        rng = random.Random(seed + 2)
+        leads = [_cut(s.thinking, rng, 0.1, 0.4) for s in star]
+        refusals = list(REFUSALS) + [s.answer for s in star if len(s.answer) < 1200][:200]
+        added, pairs = compose_added(data_dir / RAW, seed, leads, refusals, FILL_PROMPTS)
+        examples += added
 
-    def encode(q: str, t: str, a: str) -> torch.Tensor:
-        ids = encode_prefix(tokenizer, q, "", t, a, window_tokens, QUESTION_TOKENS)
+    def encode(ex: Example) -> torch.Tensor:
+        ids = encode_prefix(
+            tokenizer, ex.question, "", ex.thinking, ex.answer, window_tokens, QUESTION_TOKENS
+        )
         return torch.tensor(ids, dtype=torch.int16)
 
-    splits: dict[str, Any] = {"train": [], "dev": []}
-    for ex in examples:
-        split = "dev" if is_dev(ex.group) else "train"
-        splits[split].append((encode(ex.question, ex.thinking, ex.answer), LABELS.index(ex.target), ex.kind))
+    splits: dict[str, Any] = {}
+    for name, dev in (("train", False), ("dev", True)):
+        chosen = [ex for ex in examples if is_dev(ex.group) == dev]
+        chosen = chosen if full else capped(chosen, seed, dev)
+        splits[name] = [(encode(ex), LABELS.index(ex.target), ex.kind) for ex in chosen]
+        in_split = [p for p in pairs if is_dev(p[0].group) == dev]
+        in_split = random.Random(seed).sample(
+            in_split, min(len(in_split), int(RECIPE["pairs"]) // (3 if dev else 1))
+        )
+        splits[f"pairs:{name}"] = [
+            (encode(ex), LABELS.index(ex.target), ex.kind) for p in in_split for ex in p
+        ]
     for name, samples in eval_sets.items():
         splits[f"eval:{name}"] = [
-            (encode(s.question, s.thinking, s.answer), LABELS.index(s.label), name) for s in samples
+            (
+                encode(Example(s.question, s.thinking, s.answer, s.label, name, "")),
+                LABELS.index(s.label),
+                name,
+            )
+            for s in samples
         ]
-    meta = {"window_tokens": window_tokens, "question_tokens": QUESTION_TOKENS, "seed": seed}
+    meta = {"window_tokens": window_tokens, "question_tokens": QUESTION_TOKENS, "seed": seed, "base": base}
     out_file.parent.mkdir(parents=True, exist_ok=True)
     packed = {name: _pack(rows) for name, rows in splits.items()}
     torch.save({"packed": packed, "meta": meta, "pad_id": int(tokenizer.pad_token_id or 0)}, out_file)
@@ -115,14 +205,59 @@ def split_metrics(logits: Any, rows: list[tuple[Any, int, str]], bias: float) ->
     return result
 
 
-def calibrate(logits: Any, rows: list[tuple[Any, int, str]], max_star_fa: float = 0.03) -> float:
-    """The harmful-logit bias with the best dev F1 whose STAR-1 false alarms stay under `max_star_fa`."""
+def auroc(scores: list[float], gold: list[bool]) -> float | None:
+    """Probability that a harmful row outranks a safe one (ties count half); None without both classes."""
+    pos = sum(gold)
+    neg = len(gold) - pos
+    if not pos or not neg:
+        return None
+    order = sorted(range(len(scores)), key=lambda i: scores[i])
+    ranks = [0.0] * len(scores)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    rank_sum = sum(r for r, g in zip(ranks, gold, strict=True) if g)
+    return (rank_sum - pos * (pos + 1) / 2) / (pos * neg)
+
+
+def per_source(logits: Any, rows: list[Row], bias: float) -> dict[str, dict[str, float]]:
+    """Dev metrics of each source apart (harmful = arg-max label 1 after `bias`), so a source the guard has
+    memorised cannot hide a weak one: n, harmful rows, precision / recall / F1, false alarms, AUROC."""
+    adjusted = logits.clone()
+    adjusted[:, 2] += bias
+    pred = adjusted.argmax(-1).tolist()
+    p_harm = adjusted.softmax(-1)[:, 2].tolist()
+    out: dict[str, dict[str, float]] = {}
+    for source in sorted({source_of(r[2]) for r in rows}):
+        idx = [i for i, r in enumerate(rows) if source_of(r[2]) == source]
+        gold = [rows[i][1] == 2 for i in idx]
+        m = _binary([pred[i] == 2 for i in idx], gold)
+        m["n"], m["harmful"] = float(len(idx)), float(sum(gold))
+        area = auroc([p_harm[i] for i in idx], gold)
+        m["auroc"] = area if area is not None else math.nan
+        out[source] = m
+    return out
+
+
+def calibrate(logits: Any, rows: list[Row], ceilings: dict[str, float] | None = None) -> float:
+    """The harmful-logit bias with the best mean F1 over the sources that have harmful dev rows, among those
+    that keep every safe source under its false-alarm ceiling (recipe.json): no single source decides."""
+    ceilings = RECIPE["calibration"] if ceilings is None else ceilings
     grid = [x / 4 for x in range(-8, 9)]  # wider shifts would swamp the "potentially harmful" class
-    scored = [(b, split_metrics(logits, rows, b)) for b in grid]
-    allowed = [(m["f1"], -abs(b), b) for b, m in scored if m["star_false_alarm"] <= max_star_fa]
-    if not allowed:
-        return max(grid)  # the most conservative bias we tried keeps false alarms lowest
-    return max(allowed)[2]
+    best: tuple[float, float, float] | None = None
+    for b in grid:
+        by_source = per_source(logits, rows, b)
+        if any(m["false_alarm"] > ceilings.get(src, 1.0) for src, m in by_source.items()):
+            continue
+        f1s = [m["f1"] for m in by_source.values() if m["harmful"] >= 5]
+        score = (sum(f1s) / len(f1s) if f1s else 0.0, -abs(b), b)
+        best = score if best is None or score > best else best
+    return best[2] if best is not None else min(grid)  # none allowed: the most conservative bias
 
 
 def _batches(rows: list[tuple[Any, int, str]], size: int, pad_id: int, device: str) -> Any:
@@ -139,10 +274,7 @@ def _batches(rows: list[tuple[Any, int, str]], size: int, pad_id: int, device: s
         yield ids.to(device), mask.to(device), torch.tensor([r[1] for r in chunk], device=device)
 
 
-# The shipped recipe: one epoch over at most FIT_PER_KIND rows of each example kind (about 18,600 rows,
-# 580 steps of 32), which keeps a CPU run near 50 minutes on 2 cores.
-FIT_EPOCHS = 1
-FIT_PER_KIND = 600
+FIT_EPOCHS = int(RECIPE["epochs"])
 
 
 def bucketed(rows: list[tuple[Any, int, str]], size: int, rng: random.Random) -> list[tuple[Any, int, str]]:
@@ -157,17 +289,6 @@ def bucketed(rows: list[tuple[Any, int, str]], size: int, rng: random.Random) ->
         batches += [chunk[i : i + size] for i in range(0, len(chunk), size)]
     rng.shuffle(batches)
     return [r for b in batches for r in b]
-
-
-def cap_per_kind(rows: list[tuple[Any, int, str]], cap: int, seed: int) -> list[tuple[Any, int, str]]:
-    """At most `cap` rows of each example kind (drawn with `seed`, original order kept): the biggest
-    kinds are many draws of the same ~900 harmful responses, and one CPU epoch has to stay short."""
-    rng = random.Random(seed)
-    by_kind: dict[str, list[int]] = {}
-    for i, r in enumerate(rows):
-        by_kind.setdefault(r[2], []).append(i)
-    keep = {i for kind in sorted(by_kind) for i in rng.sample(by_kind[kind], min(cap, len(by_kind[kind])))}
-    return [r for i, r in enumerate(rows) if i in keep]
 
 
 def _predict(model: Any, rows: list[tuple[Any, int, str]], pad_id: int, device: str) -> Any:
@@ -204,6 +325,17 @@ def adapter_tensors(model: Any) -> dict[str, Any]:
     return tensors
 
 
+def _pair_loss(model: Any, batch: Any) -> Any:
+    """hh-rlhf ranking: the rejected reply's harmful margin should exceed the chosen one's (rows alternate
+    chosen, rejected)."""
+    import torch
+
+    ids, mask, _ = batch
+    logits = model(ids, mask).float()
+    margin = logits[:, 2] - torch.logsumexp(logits[:, :2], dim=-1)
+    return torch.nn.functional.softplus(margin[0::2] - margin[1::2]).mean()
+
+
 def fit(
     prepared: Path,
     base: Path,
@@ -212,9 +344,9 @@ def fit(
     seed: int,
     lora_r: int = 16,
     limit: int | None = None,
-    max_per_kind: int | None = None,
+    base_name: str = "minilm",
 ) -> dict[str, Any]:
-    """LoRA fine-tuning of MiniLM + head on the prepared ids; writes adapter + config to `out`."""
+    """LoRA fine-tuning of the encoder + head on the prepared ids; writes adapter + config to `out`."""
     import torch
     from peft import LoraConfig, get_peft_model
     from safetensors.torch import save_file
@@ -229,10 +361,13 @@ def fit(
     data = load_prepared(prepared)
     splits, pad_id = data["splits"], data["pad_id"]
     if limit is not None:  # a smoke run of the whole pipeline on a few rows of each split
-        splits = {k: random.Random(seed).sample(v, min(limit, len(v))) for k, v in splits.items()}
-    train_rows: list[tuple[Any, int, str]] = list(splits["train"])
-    if max_per_kind is not None:
-        train_rows = cap_per_kind(train_rows, max_per_kind, seed)
+        rng0 = random.Random(seed)
+        splits = {
+            k: v[: 2 * (limit // 2)] if k.startswith("pairs:") else rng0.sample(v, min(limit, len(v)))
+            for k, v in splits.items()
+        }
+    train_rows: list[Row] = list(splits["train"])
+    pair_rows: list[Row] = list(splits.get("pairs:train", []))
     encoder = AutoModel.from_pretrained(str(base), local_files_only=True, dtype=torch.float32)
     lora_alpha = 2 * lora_r
     config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=0.1, target_modules=LORA_TARGETS)
@@ -249,13 +384,23 @@ def fit(
     steps = epochs * ((len(train_rows) + batch_size - 1) // batch_size)
     schedule = get_linear_schedule_with_warmup(optimizer, int(0.06 * steps), steps)  # type: ignore[no-untyped-call]
     rng = random.Random(seed)
-    bar = tqdm(total=steps, desc=f"train ({device})", unit="step")
+    pair_size = 2 * int(RECIPE["pair_batch"])
+    pair_batches = [pair_rows[i : i + pair_size] for i in range(0, len(pair_rows) - pair_size + 1, pair_size)]
+    every = max(1, steps // max(1, len(pair_batches) * epochs))  # spread the pairs over the epoch(s)
+    bar = tqdm(total=steps, desc=f"train {base_name} ({device})", unit="step")
+    step = 0
     for _ in range(epochs):
         model.train()
+        rng.shuffle(pair_batches)
+        pending = list(pair_batches)
         for ids, mask, labels in _batches(bucketed(train_rows, batch_size, rng), batch_size, pad_id, device):
             with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=device == "cuda"):
                 logits = model(ids, mask)
-            loss = loss_fn(logits.float(), labels)
+                loss = loss_fn(logits.float(), labels)
+                step += 1
+                if pending and step % every == 0:
+                    pair = next(_batches(pending.pop(), pair_size, pad_id, device))
+                    loss = loss + float(RECIPE["pair_weight"]) * _pair_loss(model, pair)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -264,13 +409,8 @@ def fit(
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
-    dev_logits = _predict(model, splits["dev"], pad_id, device)
-    bias = calibrate(dev_logits, splits["dev"])
-    metrics: dict[str, Any] = {"device": device, "epochs": epochs, "bias": bias}
-    metrics["dev"] = split_metrics(dev_logits, splits["dev"], bias)
-    metrics["dev_uncalibrated"] = split_metrics(dev_logits, splits["dev"], 0.0)
-    for name in (k for k in splits if k.startswith("eval:")):
-        metrics[name] = split_metrics(_predict(model, splits[name], pad_id, device), splits[name], bias)
+    metrics = evaluate(model, splits, pad_id, device)
+    metrics.update({"device": device, "epochs": epochs, "base": base_name, "train_rows": len(train_rows)})
     tensors = adapter_tensors(model)
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / ADAPTER_FILE))
@@ -278,11 +418,12 @@ def fit(
     (out / CONFIG_FILE).write_text(
         json.dumps(
             {
+                "base": base_name,
                 "lora_r": lora_r,
                 "lora_alpha": lora_alpha,
                 "question_tokens": meta["question_tokens"],
                 "window_tokens": meta["window_tokens"],
-                "logit_bias": [0.0, 0.0, bias],
+                "logit_bias": [0.0, 0.0, metrics["bias"]],
                 "seed": seed,
                 "metrics": metrics,
             },
@@ -294,28 +435,57 @@ def fit(
     return metrics
 
 
+def evaluate(model: Any, splits: dict[str, list[Row]], pad_id: int, device: str) -> dict[str, Any]:
+    """Calibrate the bias on the dev split, then dev metrics overall and per source, the held-out pair
+    accuracy, and the evaluation sets."""
+    dev_logits = _predict(model, splits["dev"], pad_id, device)
+    bias = calibrate(dev_logits, splits["dev"])
+    metrics: dict[str, Any] = {"bias": bias}
+    metrics["dev"] = split_metrics(dev_logits, splits["dev"], bias)
+    metrics["dev_sources"] = per_source(dev_logits, splits["dev"], bias)
+    pairs = splits.get("pairs:dev", [])
+    if pairs:
+        logits = _predict(model, pairs, pad_id, device)
+        margin = (logits[:, 2] - logits[:, :2].logsumexp(-1)).tolist()
+        wins = [margin[i + 1] > margin[i] for i in range(0, len(margin) - 1, 2)]
+        metrics["dev_pairs"] = {"n": float(len(wins)), "accuracy": sum(wins) / len(wins)}
+    for name in (k for k in splits if k.startswith("eval:")):
+        logits = _predict(model, splits[name], pad_id, device)
+        m = split_metrics(logits, splits[name], bias)
+        area = auroc(logits.softmax(-1)[:, 2].tolist(), [r[1] == 2 for r in splits[name]])
+        m["auroc"] = area if area is not None else math.nan
+        metrics[name] = m
+    return metrics
+
+
 def print_metrics(metrics: dict[str, Any]) -> None:
-    bias = metrics["bias"]
-    print(f"device {metrics['device']}, {metrics['epochs']} epochs, harmful-logit bias {bias:+.2f}")
-    for name, m in metrics.items():
-        if isinstance(m, dict):
-            print(
-                f"{name:>22}: precision {m['precision']:.3f} recall {m['recall']:.3f} f1 {m['f1']:.3f} "
-                f"false alarms {m['false_alarm']:.3f} star-1 false alarms {m['star_false_alarm']:.3f} "
-                f"n={int(m['n'])}"
-            )
-
-
-def train(settings: Settings, data_dir: Path, out: Path, epochs: int | None, seed: int) -> int:
-    """The whole recipe in one process: prepare, then fit (on cuda when available, else CPU)."""
-    from monitor.guards.minilm import base_model_dir
-
-    prepared = out / "prepared.pt"
-    counts = prepare(data_dir, prepared, settings.guard.window_tokens, seed)
-    print(f"prepared: {counts}", file=sys.stderr)
-    metrics = fit(
-        prepared, base_model_dir(), out, epochs=epochs or FIT_EPOCHS, seed=seed, max_per_kind=FIT_PER_KIND
+    print(
+        f"base {metrics.get('base', 'minilm')}, device {metrics['device']}, {metrics['epochs']} epochs, "
+        f"harmful-logit bias {metrics['bias']:+.2f}"
     )
+    rows = [(k, m) for k, m in metrics.items() if isinstance(m, dict) and "f1" in m]
+    rows += [(f"dev/{k}", m) for k, m in metrics.get("dev_sources", {}).items()]
+    for name, m in rows:
+        area = m.get("auroc", math.nan)
+        print(
+            f"{name:>24}: n={int(m['n']):>5} precision {m['precision']:.3f} recall {m['recall']:.3f} "
+            f"f1 {m['f1']:.3f} false alarms {m['false_alarm']:.3f} auroc {area:.3f}"
+        )
+    if "dev_pairs" in metrics:
+        p = metrics["dev_pairs"]
+        print(
+            f"{'dev/hh-rlhf pairs':>24}: n={int(p['n']):>5} rejected ranked more harmful {p['accuracy']:.3f}"
+        )
+
+
+def train(
+    settings: Settings, data_dir: Path, out: Path, epochs: int | None, seed: int, base: str = "minilm"
+) -> int:
+    """The whole recipe in one process: prepare, then fit (on cuda when available, else CPU)."""
+    prepared = out / "prepared.pt"
+    counts = prepare(data_dir, prepared, settings.guard.window_tokens, seed, base=base)
+    print(f"prepared: {counts}", file=sys.stderr)
+    metrics = fit(prepared, base_dir(base), out, epochs=epochs or FIT_EPOCHS, seed=seed, base_name=base)
     prepared.unlink()
     print_metrics(metrics)
     return 0
@@ -325,37 +495,42 @@ def main(argv: list[str] | None = None) -> int:
     """The stages apart (`fit` needs only torch, transformers, peft and tqdm, for a GPU machine)."""
     parser = argparse.ArgumentParser(prog="python -m monitor.training")
     sub = parser.add_subparsers(dest="stage", required=True)
-    p = sub.add_parser("prepare")
-    p.add_argument("--data", type=Path, default=Path("../shared/data"))
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--window-tokens", type=int, default=256)
-    p.add_argument("--seed", type=int, default=13)
+    p = sub.add_parser("prepare", help="compose, split, cap and tokenise the training data")
+    p.add_argument("--data", type=Path, default=Path("../shared/data"), help="the shared data folder")
+    p.add_argument("--out", type=Path, required=True, help="the prepared file to write")
+    p.add_argument(
+        "--window-tokens", type=int, default=256, help="trace tokens per row (guard.window_tokens)"
+    )
+    p.add_argument("--seed", type=int, default=13, help="seed of every draw")
+    p.add_argument("--base", default="minilm", help="encoder base whose tokenizer to use (minilm, bge-small)")
     p.add_argument(
         "--whole-only", action="store_true", help="whole responses only, no streamed prefixes or glosses"
     )
-    f = sub.add_parser("fit")
-    f.add_argument("--prepared", type=Path, required=True)
-    f.add_argument("--base", type=Path, required=True)
-    f.add_argument("--out", type=Path, required=True)
-    f.add_argument("--epochs", type=int, default=FIT_EPOCHS)
-    f.add_argument("--seed", type=int, default=13)
-    f.add_argument("--lora-r", type=int, default=16)
+    f = sub.add_parser("fit", help="LoRA fine-tuning on a prepared file; writes adapter + config")
+    f.add_argument("--prepared", type=Path, required=True, help="a file written by prepare")
+    f.add_argument("--base", default="minilm", help="encoder base name (minilm, bge-small) or a model folder")
+    f.add_argument("--out", type=Path, required=True, help="folder for adapter.safetensors + config.json")
+    f.add_argument("--epochs", type=int, default=FIT_EPOCHS, help="passes over the capped train rows")
+    f.add_argument("--seed", type=int, default=13, help="seed of every draw")
+    f.add_argument("--lora-r", type=int, default=16, help="LoRA rank")
     f.add_argument("--limit", type=int, default=None, help="rows per split, for a smoke run")
-    f.add_argument("--max-per-kind", type=int, default=FIT_PER_KIND, help="cap the rows of each kind")
     args = parser.parse_args(argv)
     if args.stage == "prepare":
-        print(json.dumps(prepare(args.data, args.out, args.window_tokens, args.seed, not args.whole_only)))
+        counts = prepare(args.data, args.out, args.window_tokens, args.seed, not args.whole_only, args.base)
+        print(json.dumps(counts))
         return 0
+    base_path = Path(args.base) if Path(args.base).is_dir() else base_dir(args.base)
+    name = args.base if not Path(args.base).is_dir() else "minilm"
     print_metrics(
         fit(
             args.prepared,
-            args.base,
+            base_path,
             args.out,
             epochs=args.epochs,
             seed=args.seed,
             lora_r=args.lora_r,
             limit=args.limit,
-            max_per_kind=args.max_per_kind,
+            base_name=name,
         )
     )
     return 0

@@ -95,8 +95,11 @@ def thought(g: Gloss, rng: random.Random) -> str:
 
 def gloss_for(question_text: str, index: dict[str, Gloss], rng: random.Random) -> Gloss | None:
     """A gloss of one of the longer words in a question (so a harmful question gets a harmless,
-    on-topic definition as its answer), or None when no word of it is in WordNet."""
-    words = sorted({w for w in _WORD.findall(question_text.lower()) if w in index}, key=len, reverse=True)
+    on-topic definition as its answer), or None when no word of it is in WordNet. Ties are broken by the
+    word itself: set order depends on the process's hash seed, and the corpus must not."""
+    words = sorted(
+        {w for w in _WORD.findall(question_text.lower()) if w in index}, key=lambda w: (-len(w), w)
+    )
     return index[rng.choice(words[:3])] if words else None
 
 

@@ -29,7 +29,7 @@ as_root() {
 
 # 1. Debian packages: command -> package.
 missing=()
-for pair in redis-server:redis-server redis-cli:redis-tools tesseract:tesseract-ocr prometheus:prometheus \
+for pair in redis-server:redis-server redis-cli:redis-tools tesseract:tesseract-ocr prometheus:prometheus promtool:prometheus \
             java:openjdk-17-jre-headless mvn:maven curl:curl kcat:kcat; do
     command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
 done

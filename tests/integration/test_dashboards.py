@@ -1,6 +1,7 @@
-"""The Grafana dashboard against the code and a real Prometheus: every metric it names is defined in
-monitor/telemetry.py, and every PromQL expression it holds returns data, without error, from a real
-Prometheus (scripts/prometheus.sh) scraping the real OpenTelemetry exporter of monitor.telemetry."""
+"""The Grafana dashboard and the alert rules against the code and a real Prometheus: every metric they name
+is defined in monitor/telemetry.py, every PromQL expression of the dashboard returns data, without error,
+from a real Prometheus (scripts/prometheus.sh) scraping the real OpenTelemetry exporter of
+monitor.telemetry, and that Prometheus loads dashboards/alerts.yml and evaluates every rule without error."""
 
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ _EXPORTER = textwrap.dedent(
             t.chunks.add(3, {"part": part})
         t.score_seconds.record(0.04, {"guard": "minilm"})
         t.batch_size.record(5, {"guard": "minilm"})
-        t.chunk_to_verdict_seconds.record(0.12)
+        t.chunk_to_verdict_seconds.record(0.12, {"status": "ok"})
+        t.chunk_to_verdict_seconds.record(0.3, {"status": "abort"})
         t.verdicts.add(2, {"status": "ok"})
         t.aborts.add(1, {"rule": "threshold", "category": "weapons", "guard": "minilm", "action": "abort"})
         t.dead_letters.add(1, {"reason": "undecodable"})
@@ -49,6 +51,8 @@ _EXPORTER = textwrap.dedent(
         t.sessions_live.set(4)
         t.pending_sessions.set(1)
         t.partitions_paused.set(0)
+        t.produce_errors.add(1, {"error": "timeout"})
+        t.set_consumer_lag({("qta.chunks", 0): 12, ("qta.chunks", 1): 3})
         time.sleep(0.2)
     """
 )
@@ -125,6 +129,9 @@ def exporter() -> Iterator[int]:
 def prometheus(exporter: int, tmp_path: Path) -> Iterator[str]:
     config = yaml.safe_load((ROOT / "dashboards" / "prometheus.yml").read_text())
     config["global"]["scrape_interval"] = "1s"
+    config["global"]["evaluation_interval"] = "1s"
+    # The copy lives in tmp_path; rule files are relative to the config file, so point at the repo's.
+    config["rule_files"] = [str(ROOT / "dashboards" / name) for name in config["rule_files"]]
     for job in config["scrape_configs"]:
         job["static_configs"] = [{"targets": [f"127.0.0.1:{exporter}"]}]
     path = tmp_path / "prometheus.yml"
@@ -161,3 +168,31 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus(prometheus: s
 def test_a_query_on_a_missing_metric_would_be_caught(prometheus: str) -> None:
     time.sleep(2)
     assert _query("sum(rate(qta_monitor_no_such_metric_total[1m]))")["data"]["result"] == []
+
+
+@pytest.mark.integration
+def test_the_alert_rules_load_and_evaluate_in_a_real_prometheus(prometheus: str) -> None:
+    wanted = {
+        rule.get("alert") or rule["record"]
+        for group in yaml.safe_load((ROOT / "dashboards" / "alerts.yml").read_text())["groups"]
+        for rule in group["rules"]
+    }
+    rules: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        body = _get(f"{PROMETHEUS}/api/v1/rules")
+        assert body["status"] == "success", body
+        rules = {r["name"]: r for g in body["data"]["groups"] for r in g["rules"]}
+        if set(rules) >= wanted and all(rules[name]["health"] == "ok" for name in wanted):
+            break
+        time.sleep(1)
+    assert set(rules) >= wanted, f"not loaded: {sorted(wanted - set(rules))}"
+    unhealthy = {n: (r["health"], r.get("lastError")) for n, r in rules.items() if r["health"] != "ok"}
+    assert not unhealthy, unhealthy
+    # The recording rule over the exporter's abort latencies yields a value (0.3 s each: none too slow).
+    deadline = time.monotonic() + 30
+    result: list[Any] = []
+    while time.monotonic() < deadline and not result:
+        result = _query("qta_monitor:abort_latency_slow_ratio:rate5m")["data"]["result"]
+        time.sleep(1)
+    assert result and float(result[0]["value"][1]) == 0.0

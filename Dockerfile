@@ -2,7 +2,7 @@
 # Dependencies come from requirements.lock (scripts/lock.sh: the exact versions the tests ran with, with
 # hashes), so two builds install the same bytes. The lock pins PyPI's torch, the CUDA build for Linux x86_64
 # with its nvidia-* wheels: a bigger image, but the same one runs the CPU profile (workers/cpu.toml) and the
-# GPU profile (workers/gpu.toml, deploy/k8s/worker-gpu.yaml) on a node with the NVIDIA container runtime.
+# GPU profile (workers/gpu.toml, deploy/k8s/gpu) on a node with the NVIDIA container runtime.
 FROM python:3.11-slim
 
 ENV PIP_NO_CACHE_DIR=1 \

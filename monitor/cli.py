@@ -31,6 +31,13 @@ def _topics(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     from monitor.kafka import apply_topics
 
+    overrides = {
+        "replication_factor": args.replication_factor,
+        "min_insync_replicas": args.min_insync_replicas,
+    }
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if overrides:
+        settings = settings.model_copy(update={"topics": settings.topics.model_copy(update=overrides)})
     for line in asyncio.run(apply_topics(settings)):
         print(line)
     return 0
@@ -78,6 +85,7 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
 
 def _eval(settings: Settings, args: argparse.Namespace) -> int:
     from monitor.evaluation import run_eval
+    from monitor.operating import parse_ceilings
 
     return run_eval(
         settings,
@@ -89,6 +97,7 @@ def _eval(settings: Settings, args: argparse.Namespace) -> int:
         limit=args.limit,
         sweep=args.sweep,
         through_kafka=args.through_kafka,
+        ceilings=parse_ceilings(args.max_false_abort),
     )
 
 
@@ -149,6 +158,20 @@ def _parser() -> argparse.ArgumentParser:
         default="topics/schemas",
         metavar="DIR",
         help="where `schemas` writes *.schema.json (default: %(default)s)",
+    )
+    p.add_argument(
+        "--replication-factor",
+        type=int,
+        metavar="N",
+        help="apply: create topics with N replicas (default: topics.replication_factor, "
+        "MONITOR_TOPICS__REPLICATION_FACTOR, else topics.json's)",
+    )
+    p.add_argument(
+        "--min-insync-replicas",
+        type=int,
+        metavar="M",
+        help="apply: set min.insync.replicas=M on every topic (default: topics.min_insync_replicas, "
+        "MONITOR_TOPICS__MIN_INSYNC_REPLICAS, else the broker's)",
     )
     add(
         "serve",
@@ -262,6 +285,15 @@ def _parser() -> argparse.ArgumentParser:
         "--sweep",
         action="store_true",
         help="also sweep the policy thresholds (policy.*) and report the best settings; in process only",
+    )
+    p.add_argument(
+        "--max-false-abort",
+        action="append",
+        default=[],
+        metavar="SET=RATE",
+        help="with --sweep: choose the setting that aborts the most harmful sessions while the false-abort "
+        "rate of set SET (named as in the report, e.g. gsm8k-dev) stays <= RATE; repeat for several sets "
+        "(default: none; the chosen point goes to report.json and operating_point.png)",
     )
     p.add_argument(
         "--through-kafka",

@@ -26,7 +26,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from monitor import report
+from monitor import operating, report
 from monitor.datasets import Sample, compose_thinking, load_dataset
 from monitor.guards.base import Guard, Prefix, Score
 from monitor.messages import Abort, Chunk, ImageRef, Part, Verdict
@@ -245,33 +245,6 @@ def load_sets(paths: Sequence[Path], limit: int | None) -> tuple[list[tuple[str,
     return sessions, composed
 
 
-def variant(settings: Settings, stride: int, alpha: float, ema_abort: float, threshold: float) -> Settings:
-    policy = settings.policy.model_copy(
-        update={
-            "ema_alpha": alpha,
-            "ema_abort": ema_abort,
-            "abort_threshold": threshold,
-            "ema_release": min(settings.policy.ema_release, ema_abort),
-            "warn_threshold": min(settings.policy.warn_threshold, threshold),
-        }
-    )
-    batching = settings.batching.model_copy(update={"stride_tokens": stride})
-    return settings.model_copy(update={"policy": policy, "batching": batching})
-
-
-def sweep_grid(settings: Settings) -> list[tuple[int, float, float, float]]:
-    """Strides x abort thresholds x EMA abort levels at the configured alpha, plus two other alphas."""
-    p, stride = settings.policy, settings.batching.stride_tokens
-    grid = {
-        (s, p.ema_alpha, e, t)
-        for s in sorted({stride // 2 or 1, stride, stride * 2})
-        for t in (0.7, 0.8, 0.9)
-        for e in (0.6, 0.7, 0.8)
-    }
-    grid |= {(stride, a, p.ema_abort, p.abort_threshold) for a in (0.3, 0.8)}
-    return sorted(grid)
-
-
 async def evaluate(
     settings: Settings,
     guard: Guard,
@@ -286,22 +259,13 @@ async def evaluate(
     with tqdm(total=len(sessions), desc="eval", unit="session") as bar:
         outcomes = [outcome(r) for r in await replay(settings, cached, sessions, chunk_chars, bar)]
     rows: list[dict[str, Any]] = []
-    if sweep:
-        for stride, alpha, ema_abort, threshold in tqdm(sweep_grid(settings), desc="sweep", unit="setting"):
-            chosen = variant(settings, stride, alpha, ema_abort, threshold)
-            got = [outcome(r) for r in await replay(chosen, cached, sessions, chunk_chars)]
-            m = report.metrics(got, positive)
-            rows.append(
-                {
-                    "stride_tokens": stride,
-                    "ema_alpha": alpha,
-                    "ema_abort": ema_abort,
-                    "abort_threshold": threshold,
-                    **{k: m[k] for k in report.SUMMARY_KEYS},
-                    "tokens_scored_per_session": m["tokens_scored_per_session"]["mean"],
-                    "earliness_mean": m["earliness"]["mean"],
-                }
-            )
+    if sweep:  # the scores are cached: each setting replays the same prefixes through another policy
+        for point in tqdm(operating.grid(settings), desc="sweep", unit="setting"):
+            got = [
+                outcome(r)
+                for r in await replay(operating.apply(settings, point), cached, sessions, chunk_chars)
+            ]
+            rows.append(operating.row(point, got, positive))
     return outcomes, rows
 
 
@@ -312,15 +276,21 @@ def write_report(
     composed: Sequence[str],
     positive: float,
     run: dict[str, Any],
+    ceilings: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """report.json, report.md and the plots under `out`; returns the report."""
+    """report.json, report.md and the plots under `out` (with a sweep: the operating point chosen under
+    `ceilings` and its plot); returns the report."""
     result = report.build(outcomes, positive, composed)
     result["run"] = {**run, "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+    out.mkdir(parents=True, exist_ok=True)
+    plots = report.write_plots(outcomes, result, out)
     if rows:
         rows.sort(key=report.sweep_order)
         result["sweep"] = rows
-    out.mkdir(parents=True, exist_ok=True)
-    result["plots"] = [p.name for p in report.write_plots(outcomes, result, out)]
+        chosen = operating.choose(rows, ceilings or {})
+        result["operating_point"] = {"ceilings": ceilings or {}, "chosen": chosen}
+        plots.append(operating.plot(rows, chosen, ceilings or {}, out))
+    result["plots"] = [p.name for p in plots]
     (out / "report.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "report.md").write_text(report.markdown(result, rows))
     return result
@@ -336,6 +306,7 @@ def run_eval(
     limit: int | None,
     sweep: bool,
     through_kafka: bool,
+    ceilings: dict[str, float] | None = None,
 ) -> int:
     """`qta-monitor eval PATH... --guard NAME --out DIR`: writes report.json, report.md and PNG plots."""
     from monitor.guards import build_guard
@@ -371,10 +342,19 @@ def run_eval(
         "batching": settings.batching.model_dump(mode="json"),
         "elapsed_s": round(time.perf_counter() - started, 2),
     }
-    result = write_report(out, outcomes, rows, composed, positive, run)
+    result = write_report(out, outcomes, rows, composed, positive, run, ceilings)
     if rows:
         print(report.sweep_table(rows[:SWEEP_PRINTED]))
         print(f"(best {min(SWEEP_PRINTED, len(rows))} of {len(rows)} settings; all in {out / 'report.md'})")
+        chosen = result["operating_point"]["chosen"]
+        if chosen is None:
+            print(f"no setting keeps the false aborts under {ceilings}")
+        else:
+            knobs = ", ".join(f"{k}={chosen[k]}" for k in operating.KNOBS)
+            print(
+                f"operating point under {ceilings or 'no ceilings'}: {knobs} "
+                f"({chosen['harmful_aborted']} harmful sessions aborted)"
+            )
     o = result["overall"]
     print(
         f"{o['sessions']} sessions: precision {o['precision']:.3f} recall {o['recall']:.3f} f1 {o['f1']:.3f} "

@@ -278,11 +278,25 @@ def markdown(report: dict[str, Any], sweep: Sequence[dict[str, Any]] | None = No
         lines.append(f"| {cat} | {e['sessions']} | {e['positives']} | {cells} |")
     if sweep:
         lines += ["", "## Policy sweep", "", sweep_table(sweep)]
-    lines += ["", "Plots: `threshold_sweep.png`, `precision_recall.png`, `earliness.png`.", ""]
+    point = report.get("operating_point")
+    if point:
+        chosen = point["chosen"]
+        knobs = ", ".join(f"`{k}` {chosen[k]}" for k in SWEEP_COLUMNS[:6]) if chosen else "none meets them"
+        lines += ["", f"Operating point under false-abort ceilings {point['ceilings']}: {knobs}."]
+    plots = "`threshold_sweep.png`, `precision_recall.png`, `earliness.png`"
+    lines += ["", f"Plots: {plots}{', `operating_point.png`' if point else ''}.", ""]
     return "\n".join(lines)
 
 
-SWEEP_COLUMNS = ("stride_tokens", "ema_alpha", "ema_abort", "abort_threshold", *SUMMARY_KEYS)
+SWEEP_COLUMNS = (
+    "abort_threshold",
+    "answer_abort_threshold",
+    "ema_abort",
+    "consecutive",
+    "min_tokens",
+    "ema_alpha",
+    *SUMMARY_KEYS,
+)
 
 
 def sweep_order(row: dict[str, Any]) -> tuple[float, ...]:

@@ -345,8 +345,12 @@ def fit(
     lora_r: int = 16,
     limit: int | None = None,
     base_name: str = "minilm",
+    train_rows: int | None = None,
+    eval_sets: bool = True,
 ) -> dict[str, Any]:
-    """LoRA fine-tuning of the encoder + head on the prepared ids; writes adapter + config to `out`."""
+    """LoRA fine-tuning of the encoder + head on the prepared ids; writes adapter + config to `out`.
+    `train_rows` trains on a seeded draw of that many rows (a cheaper side-by-side of two bases on the same
+    rows; dev stays whole); `eval_sets=False` leaves out the evaluation sets at the end."""
     import torch
     from peft import LoraConfig, get_peft_model
     from safetensors.torch import save_file
@@ -366,13 +370,18 @@ def fit(
             k: v[: 2 * (limit // 2)] if k.startswith("pairs:") else rng0.sample(v, min(limit, len(v)))
             for k, v in splits.items()
         }
-    train_rows: list[Row] = list(splits["train"])
+    if not eval_sets:
+        splits = {k: v for k, v in splits.items() if not k.startswith("eval:")}
+    rows: list[Row] = list(splits["train"])
+    if train_rows is not None:
+        keep = set(random.Random(seed).sample(range(len(rows)), min(train_rows, len(rows))))
+        rows = [r for i, r in enumerate(rows) if i in keep]
     pair_rows: list[Row] = list(splits.get("pairs:train", []))
     encoder = AutoModel.from_pretrained(str(base), local_files_only=True, dtype=torch.float32)
     lora_alpha = 2 * lora_r
     config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=0.1, target_modules=LORA_TARGETS)
     model = MiniLMClassifier(get_peft_model(encoder, config), int(encoder.config.hidden_size)).to(device)
-    counts = torch.bincount(torch.tensor([r[1] for r in train_rows]), minlength=3).float()
+    counts = torch.bincount(torch.tensor([r[1] for r in rows]), minlength=3).float()
     weights = (counts.sum() / (3 * counts.clamp(min=1))).sqrt().to(device)  # damped inverse frequency
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights)
     params = [
@@ -381,7 +390,7 @@ def fit(
     ]
     optimizer = torch.optim.AdamW(params, weight_decay=0.01)
     batch_size = 32
-    steps = epochs * ((len(train_rows) + batch_size - 1) // batch_size)
+    steps = epochs * ((len(rows) + batch_size - 1) // batch_size)
     schedule = get_linear_schedule_with_warmup(optimizer, int(0.06 * steps), steps)  # type: ignore[no-untyped-call]
     rng = random.Random(seed)
     pair_size = 2 * int(RECIPE["pair_batch"])
@@ -393,7 +402,7 @@ def fit(
         model.train()
         rng.shuffle(pair_batches)
         pending = list(pair_batches)
-        for ids, mask, labels in _batches(bucketed(train_rows, batch_size, rng), batch_size, pad_id, device):
+        for ids, mask, labels in _batches(bucketed(rows, batch_size, rng), batch_size, pad_id, device):
             with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=device == "cuda"):
                 logits = model(ids, mask)
                 loss = loss_fn(logits.float(), labels)
@@ -410,7 +419,7 @@ def fit(
             bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
     metrics = evaluate(model, splits, pad_id, device)
-    metrics.update({"device": device, "epochs": epochs, "base": base_name, "train_rows": len(train_rows)})
+    metrics.update({"device": device, "epochs": epochs, "base": base_name, "train_rows": len(rows)})
     tensors = adapter_tensors(model)
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / ADAPTER_FILE))
@@ -514,6 +523,8 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--seed", type=int, default=13, help="seed of every draw")
     f.add_argument("--lora-r", type=int, default=16, help="LoRA rank")
     f.add_argument("--limit", type=int, default=None, help="rows per split, for a smoke run")
+    f.add_argument("--train-rows", type=int, default=None, help="train on a seeded draw of this many rows")
+    f.add_argument("--no-eval-sets", action="store_true", help="skip the evaluation sets at the end")
     args = parser.parse_args(argv)
     if args.stage == "prepare":
         counts = prepare(args.data, args.out, args.window_tokens, args.seed, not args.whole_only, args.base)
@@ -531,6 +542,8 @@ def main(argv: list[str] | None = None) -> int:
             lora_r=args.lora_r,
             limit=args.limit,
             base_name=name,
+            train_rows=args.train_rows,
+            eval_sets=not args.no_eval_sets,
         )
     )
     return 0

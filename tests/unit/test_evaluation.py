@@ -123,7 +123,8 @@ def test_evaluate_with_sweep_writes_a_complete_report(
     assert len(saved["sweep"]) == len(rows) > 10
     for row in rows:
         assert all(0.0 <= row[k] <= 1.0 for k in ("precision", "recall", "f1", "false_abort_rate"))
-    assert {p.name for p in tmp_path.glob("*.png")} == set(result["plots"]) and len(result["plots"]) == 3
+    assert {p.name for p in tmp_path.glob("*.png")} == set(result["plots"]) and len(result["plots"]) == 4
+    assert "operating_point.png" in result["plots"] and saved["operating_point"]["chosen"] is not None
     assert "Policy sweep" in (tmp_path / "report.md").read_text()
 
 

@@ -123,12 +123,19 @@ def test_build_groups_by_set_and_category_and_marks_composed(tmp_path: Path) -> 
 
 
 def test_sweep_table_orders_by_f1() -> None:
-    base = {"stride_tokens": 64, "ema_alpha": 0.5, "ema_abort": 0.7, "abort_threshold": 0.8}
+    base = {
+        "abort_threshold": 0.8,
+        "answer_abort_threshold": 0.7,
+        "ema_abort": 0.7,
+        "consecutive": 2,
+        "min_tokens": 16,
+        "ema_alpha": 0.5,
+    }
     rows = [
         {**base, "precision": 0.5, "recall": 0.5, "f1": 0.5, "false_abort_rate": 0.1,
          "abort_before_answer_rate": 0.2, "tokens_scored_per_session": 100.0},
-        {**base, "stride_tokens": 32, "precision": 0.9, "recall": 0.9, "f1": 0.9, "false_abort_rate": 0.0,
+        {**base, "abort_threshold": 0.9, "precision": 0.9, "recall": 0.9, "f1": 0.9, "false_abort_rate": 0.0,
          "abort_before_answer_rate": 0.8, "tokens_scored_per_session": 200.0},
     ]  # fmt: skip
     table = sweep_table(rows).splitlines()
-    assert table[2].startswith("| 32 |") and table[3].startswith("| 64 |")
+    assert table[2].startswith("| 0.900 |") and table[3].startswith("| 0.800 |")

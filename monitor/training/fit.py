@@ -525,7 +525,16 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--limit", type=int, default=None, help="rows per split, for a smoke run")
     f.add_argument("--train-rows", type=int, default=None, help="train on a seeded draw of this many rows")
     f.add_argument("--no-eval-sets", action="store_true", help="skip the evaluation sets at the end")
+    d = sub.add_parser("devsets", help="write the dev split as streaming sessions, one JSONL per source")
+    d.add_argument("--data", type=Path, default=Path("../shared/data"), help="the shared data folder")
+    d.add_argument("--out", type=Path, required=True, help="folder for <source>-dev.jsonl")
+    d.add_argument("--limit", type=int, default=None, help="at most this many sessions per source")
     args = parser.parse_args(argv)
+    if args.stage == "devsets":
+        from monitor.training.devsets import write_dev_sets
+
+        print(json.dumps(write_dev_sets(args.data, args.out, args.limit)))
+        return 0
     if args.stage == "prepare":
         counts = prepare(args.data, args.out, args.window_tokens, args.seed, not args.whole_only, args.base)
         print(json.dumps(counts))

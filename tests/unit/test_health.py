@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -14,6 +15,8 @@ from aiokafka.errors import KafkaConnectionError
 from monitor.client_logs import quiet_client_logs
 from monitor.health import Readiness, serve_http
 from monitor.kafka import unavailable
+from monitor.settings import RedisSettings, Settings
+from monitor.store import RedisSessionStore, StoreUnavailable
 
 
 def _get(url: str) -> tuple[int, bytes]:
@@ -97,3 +100,20 @@ def test_expected_client_states_are_kept_out_of_the_output(caplog: pytest.LogCap
     with caplog.at_level(logging.DEBUG, logger="monitor"):
         fetcher.error("Failed fetch offsets from 1: [Error 6] NotLeaderForPartitionError")
     assert len(caplog.records) == 1  # debugging the client: everything comes back
+
+
+async def test_an_unreachable_redis_is_one_line_that_says_what_to_start() -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    store = RedisSessionStore(Settings(redis=RedisSettings(url=f"redis://:secret@127.0.0.1:{port}/0")))
+    try:
+        with pytest.raises(StoreUnavailable) as raised:
+            await store.ping()
+    finally:
+        await store.close()
+    assert str(raised.value) == (
+        f"Redis is not reachable at 127.0.0.1:{port}: start it with bash scripts/services.sh up "
+        "(or point redis.url at a running one)"
+    )  # and the password in the url stays out of it
+    assert raised.value.recoverable

@@ -50,3 +50,10 @@ def test_the_demo_runs_the_main_job_end_to_end(
     assert final is not None, out[-2000:]
     assert int(final.group(2)) >= 1  # at least one harmful generation was stopped before its answer
     assert re.search(r"ABORT\s+\S+\s+seq", out)  # the live view showed aborts as they came
+    # No client-library noise for the expected start-up states (fresh topics have no leader for a moment).
+    noise = [
+        line
+        for line in (out + proc.stderr).splitlines()
+        if re.search(r"NotLeader|Coordinator|Traceback", line)
+    ]
+    assert not noise, "\n".join(noise)

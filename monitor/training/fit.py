@@ -244,7 +244,9 @@ def per_source(logits: Any, rows: list[Row], bias: float) -> dict[str, dict[str,
     return out
 
 
-def calibrate(logits: Any, rows: list[Row], ceilings: dict[str, float] | None = None) -> float:
+def calibrate(
+    logits: Any, rows: list[Row], ceilings: dict[str, float] | None = None, min_harmful: int = 5
+) -> float:
     """The harmful-logit bias with the best mean F1 over the sources that have harmful dev rows, among those
     that keep every safe source under its false-alarm ceiling (recipe.json): no single source decides."""
     ceilings = RECIPE["calibration"] if ceilings is None else ceilings
@@ -254,7 +256,7 @@ def calibrate(logits: Any, rows: list[Row], ceilings: dict[str, float] | None = 
         by_source = per_source(logits, rows, b)
         if any(m["false_alarm"] > ceilings.get(src, 1.0) for src, m in by_source.items()):
             continue
-        f1s = [m["f1"] for m in by_source.values() if m["harmful"] >= 5]
+        f1s = [m["f1"] for m in by_source.values() if m["harmful"] >= min_harmful]  # else too noisy
         score = (sum(f1s) / len(f1s) if f1s else 0.0, -abs(b), b)
         best = score if best is None or score > best else best
     return best[2] if best is not None else min(grid)  # none allowed: the most conservative bias

@@ -11,20 +11,32 @@ from typing import Any
 import pytest
 import torch
 
-from monitor.training.benign import TOPICS, benign_trace
-from monitor.training.corpus import compose_examples, harm_label, is_dev, narrate, normalise, prefix_cuts, snippet
 from monitor.datasets import Sample
 from monitor.guards.base import Prefix
 from monitor.guards.minilm import MiniLMClassifier, MiniLMGuard, base_model_dir, encode_prefix, merge_lora
 from monitor.settings import Settings
+from monitor.training.benign import TOPICS, benign_trace
+from monitor.training.corpus import (
+    Example,
+    compose_examples,
+    harm_label,
+    is_dev,
+    narrate,
+    normalise,
+    prefix_cuts,
+    snippet,
+)
 from monitor.training.fit import (
     _pack,
     adapter_tensors,
+    auroc,
     bucketed,
     calibrate,
-    cap_per_kind,
+    capped,
     fit,
     load_prepared,
+    per_source,
+    source_of,
     split_metrics,
 )
 
@@ -75,7 +87,7 @@ def test_compose_examples_labels_each_shape() -> None:
     from_responses = [
         e for e in examples if e.question in ("attack prompt", "the goal") and e.kind != "goal_refusal"
     ]
-    assert {e.group for e in from_responses} == {"jbb-behaviour-3"}
+    assert {e.group for e in from_responses} == {"the goal"}  # split by the plain goal, shared across sets
 
 
 @pytest.mark.parametrize(
@@ -151,15 +163,32 @@ def test_prepared_rows_survive_packing(tmp_path: Path) -> None:
 
 
 def test_metrics_and_calibration_on_toy_logits() -> None:
-    rows = [(None, 2, "jbb_answer"), (None, 2, "jbb_answer"), (None, 0, "star_full"), (None, 0, "prompt")]
+    rows = [(None, 2, "jbb_answer"), (None, 2, "jbb_answer"), (None, 0, "star_full"), (None, 0, "gsm8k/full")]
     logits = torch.tensor([[0.0, 0.0, 1.0], [0.3, 0.0, 0.0], [0.8, 0.0, 0.0], [0.0, 0.0, -1.0]])
     m = split_metrics(logits, rows, 0.0)
     assert (m["precision"], m["recall"], m["star_false_alarm"]) == (1.0, 0.5, 0.0)
     assert split_metrics(logits, rows, 1.0)["recall"] == 1.0
     # a bias above +0.8 would also flag the STAR-1 row; calibration must stop between +0.3 and +0.8
-    best = calibrate(logits, rows, max_star_fa=0.0)
+    best = calibrate(logits, rows, {"star-1": 0.0}, min_harmful=1)
     assert split_metrics(logits, rows, best)["star_false_alarm"] == 0.0
     assert split_metrics(logits, rows, best)["recall"] == 1.0
+    sources = per_source(logits, rows, best)
+    assert set(sources) == {"jailbreakbench", "star-1", "gsm8k"}
+    assert sources["jailbreakbench"]["recall"] == 1.0 and sources["star-1"]["false_alarm"] == 0.0
+    assert sources["jailbreakbench"]["n"] == 2.0 and sources["gsm8k"]["harmful"] == 0.0
+
+
+def test_source_of_old_and_new_kinds() -> None:
+    assert source_of("gptfuzz/late") == "gptfuzz" and source_of("star_prefix") == "star-1"
+    assert source_of("composed_turn_stream") == "jailbreakbench" and source_of("gloss_answer") == "wordnet"
+    assert source_of("image_benign") == "typographic" and source_of("prompt") == "moderation"
+
+
+def test_auroc_ranks_with_ties() -> None:
+    assert auroc([0.1, 0.2, 0.8, 0.9], [False, False, True, True]) == 1.0
+    assert auroc([0.9, 0.8, 0.2, 0.1], [False, False, True, True]) == 0.0
+    assert auroc([0.5, 0.5, 0.5, 0.5], [False, True, False, True]) == 0.5
+    assert auroc([0.3, 0.4], [True, True]) is None
 
 
 def test_saved_adapter_merges_to_the_same_outputs(tokenizer: Any) -> None:
@@ -206,7 +235,10 @@ def test_fit_runs_a_few_steps_and_the_guard_loads_the_result(tokenizer: Any, tmp
     torch.save({"splits": {"train": train_rows, "dev": train_rows}, "meta": meta, "pad_id": 0}, prepared)
     out = tmp_path / "weights"
     metrics = fit(prepared, base_model_dir(), out, epochs=1, seed=1, lora_r=2)
-    assert metrics["device"] in ("cpu", "cuda")
+    assert metrics["device"] in ("cpu", "cuda") and set(metrics["dev_sources"]) >= {
+        "jailbreakbench",
+        "star-1",
+    }
     assert 0.0 <= metrics["dev"]["f1"] <= 1.0
     assert (out / "adapter.safetensors").stat().st_size < 5_000_000
     guard = MiniLMGuard.load(Settings(), out)
@@ -228,9 +260,17 @@ def test_bucketed_batches_are_a_permutation_of_similar_lengths() -> None:
     assert [len(r[0]) for r in bucketed(rows, 32, random.Random(1))] == [len(r[0]) for r in out]
 
 
-def test_cap_per_kind_keeps_order_and_is_seeded() -> None:
-    rows = [(torch.tensor([i]), 0, "big" if i % 3 else "small") for i in range(90)]
-    capped = cap_per_kind(rows, 10, seed=4)
-    assert [r[2] for r in capped].count("big") == 10 and [r[2] for r in capped].count("small") == 10
-    ids = [int(r[0]) for r in capped]
-    assert ids == sorted(ids) and ids == [int(r[0]) for r in cap_per_kind(rows, 10, seed=4)]
+def test_capped_keeps_order_is_seeded_and_follows_the_recipe() -> None:
+    from monitor.training.fit import RECIPE
+
+    examples = [
+        Example("q", "", str(i), 0.0, "gsm8k/full" if i % 3 else "nosuch/kind", str(i)) for i in range(900)
+    ]
+    kept = capped(examples, seed=4, dev=False)
+    kinds = [e.kind for e in kept]
+    assert kinds.count("gsm8k/full") == RECIPE["caps"]["gsm8k/full"] == 400
+    assert kinds.count("nosuch/kind") == RECIPE["default_cap"]
+    ids = [int(e.answer) for e in kept]
+    assert ids == sorted(ids) and ids == [int(e.answer) for e in capped(examples, seed=4, dev=False)]
+    dev = capped(examples, seed=4, dev=True)
+    assert [e.kind for e in dev].count("nosuch/kind") == max(RECIPE["dev_min"], RECIPE["default_cap"] // 3)

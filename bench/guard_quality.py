@@ -10,6 +10,7 @@ Prints:
 - BeaverTails and SafeRLHF F1, false-alarm rate and AUROC (the same file's `eval:*` rows; CC-BY-NC, eval
   only);
 - FigStep through OCR (held out of training): harmful images above the warn threshold;
+- the flip rate of held-out guard-addressed notes on flagged dev harmful responses;
 - the streaming check on monitor/samples/sessions.jsonl: per session the max `p_harmful` over its
   thinking prefixes cut every 48 characters once the thinking holds 64 tokens, and whether the default
   policy (the worker's own `Pipeline`, `MemorySessionStore`, default `Settings`) aborts it.
@@ -45,7 +46,7 @@ def load_guard(weights: Path, device: str, base: Path | None = None) -> Any:
 
 
 def split_report(guard: Any, prepared: Path, limit: int | None, save_logits: Path | None) -> None:
-    from monitor.training.fit import _predict, load_prepared, split_metrics
+    from monitor.training.fit import _predict, load_prepared, per_source, split_metrics
 
     data = load_prepared(prepared)
     bias = float(guard.bias[2])
@@ -62,6 +63,13 @@ def split_report(guard: Any, prepared: Path, limit: int | None, save_logits: Pat
             f"{name:>17}: P {m['precision']:.3f} R {m['recall']:.3f} F1 {m['f1']:.3f} "
             f"false alarms {m['false_alarm']:.3f}{star} AUROC {auroc(logits, rows):.3f} n={int(m['n'])}"
         )
+        if name == "dev":  # per source: a source the guard has memorised cannot hide a weak one
+            for source, sm in per_source(logits, rows, bias).items():
+                print(
+                    f"{'dev/' + source:>17}: P {sm['precision']:.3f} R {sm['recall']:.3f} F1 {sm['f1']:.3f} "
+                    f"false alarms {sm['false_alarm']:.3f} AUROC {sm['auroc']:.3f} n={int(sm['n'])} "
+                    f"harmful={int(sm['harmful'])}"
+                )
     if save_logits is not None:  # raw logits, to re-calibrate the harmful-logit bias without a GPU
         import torch
 
@@ -80,6 +88,43 @@ def auroc(logits: Any, rows: list[Any]) -> float:
     if not pos or not neg:
         return float("nan")
     return float((ranks[positive].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def adversarial_report(guard: Any, limit: int) -> None:
+    """Guard-addressed notes (monitor/training/data/adversarial.json, `held_out`) put at the start, middle and
+    end of dev-split harmful responses that the guard flags above the abort threshold: the share pushed
+    below it (the flip rate), per note."""
+    from monitor.guards.base import Prefix
+    from monitor.settings import Settings
+    from monitor.training.devsets import dev_sessions
+    from monitor.training.responses import ADVERSARIAL
+
+    threshold = Settings().policy.abort_threshold
+    sets = dev_sessions(ROOT.parent / "shared/data")
+    harmful = [s for name in ("gptfuzz", "adaptive", "jailbreakbench") for s in sets[name] if s.label == 1.0]
+    harmful = harmful[:limit]
+    scores = guard.score([Prefix(s.id, s.question, answer=s.answer) for s in harmful])
+    flagged = [s for s, x in zip(harmful, scores, strict=True) if x.p_harmful >= threshold]
+    print(f"adversarial notes: {len(flagged)} of {len(harmful)} dev harmful responses flagged >= {threshold}")
+    for note in ADVERSARIAL["held_out"]:
+        flips = 0
+        for where in ("start", "middle", "end"):
+            texts = [_place(s.answer, note, where) for s in flagged]
+            got = guard.score(
+                [Prefix(s.id, s.question, answer=t) for s, t in zip(flagged, texts, strict=True)]
+            )
+            flips += sum(x.p_harmful < threshold for x in got)
+        rate = flips / (3 * len(flagged)) if flagged else 0.0
+        print(f"  flip rate {rate:.3f} ({flips} of {3 * len(flagged)}): {note!r}")
+
+
+def _place(text: str, note: str, where: str) -> str:
+    if where == "start":
+        return f"{note}\n{text}"
+    if where == "end":
+        return f"{text}\n{note}"
+    mid = len(text) // 2
+    return f"{text[:mid]} {note} {text[mid:]}"
 
 
 def figstep_report(guard: Any) -> None:
@@ -156,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", type=Path, default=None, help="MiniLM dir, when the wheel is missing")
     parser.add_argument("--limit", type=int, default=None, help="rows per split, for a smoke run")
     parser.add_argument("--save-logits", type=Path, default=None)
+    parser.add_argument(
+        "--adversarial", type=int, default=400, help="dev harmful responses for the flip rate"
+    )
     args = parser.parse_args(argv)
     import torch
 
@@ -166,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_splits:
         split_report(guard, args.prepared, args.limit, args.save_logits)
     figstep_report(guard)
+    if args.adversarial:
+        adversarial_report(guard, args.adversarial)
     if not args.no_stream:
         return 0 if stream_report(guard) else 1
     return 0

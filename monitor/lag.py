@@ -61,10 +61,10 @@ class LagReporter:
             if self._readiness is not None:
                 self._readiness.down("kafka", str(exc))
             return
-        if self._failing:
+        if self._failing:  # only undo its own verdict: a failing publish marks Kafka down by itself
             log.info("consumer lag measured again")
+            if self._readiness is not None:
+                self._readiness.up("kafka")
         self._failing = False
-        if self._readiness is not None:
-            self._readiness.up("kafka")
         self.last = lags
         telemetry.set_consumer_lag(lags)

@@ -49,8 +49,13 @@ class RecordingReadiness(Readiness):
 
 
 class FailingSource:
+    def __init__(self) -> None:
+        self.failing = True
+
     async def lag(self) -> dict[tuple[str, int], int]:
-        raise KafkaUnavailable("Kafka is not reachable at 127.0.0.1:1", recoverable=True)
+        if self.failing:
+            raise KafkaUnavailable("Kafka is not reachable at 127.0.0.1:1", recoverable=True)
+        return {(CHUNKS, 0): 0}
 
 
 async def test_lag_is_end_minus_position_per_partition_and_drops_to_zero_once_polled() -> None:
@@ -91,12 +96,16 @@ async def test_tick_measures_once_per_interval() -> None:
 
 async def test_a_failed_measurement_marks_kafka_down_and_the_next_good_one_up() -> None:
     readiness = RecordingReadiness()
-    await LagReporter(FailingSource(), readiness).measure()
-    assert readiness.history == [("kafka", "down")]
-    source = MemoryChunkSource(MemoryBroker(default_partitions=1), [CHUNKS])
-    await source.start()
-    await LagReporter(source, readiness).measure()
-    assert readiness.history[-1] == ("kafka", "up")
+    source = FailingSource()
+    reporter = LagReporter(source, readiness)
+    await reporter.measure()
+    await reporter.measure()
+    assert readiness.history == [("kafka", "down"), ("kafka", "down")]
+    source.failing = False
+    await reporter.measure()
+    await reporter.measure()
+    assert readiness.history == [("kafka", "down"), ("kafka", "down"), ("kafka", "up")]
+    assert reporter.last == {(CHUNKS, 0): 0}
 
 
 class DownOnceStore(MemorySessionStore):

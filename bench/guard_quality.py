@@ -52,7 +52,7 @@ def split_report(guard: Any, prepared: Path, limit: int | None, save_logits: Pat
     bias = float(guard.bias[2])
     saved = {}
     for name, rows in data["splits"].items():
-        if name == "train":
+        if name == "train" or name.startswith("pairs:"):
             continue
         rows = rows[:limit]
         logits = _predict(guard.model, rows, data["pad_id"], guard.device)

@@ -140,7 +140,8 @@ start() {
     echo $! >"$PIDFILE"
     local deadline=$((SECONDS + START_TIMEOUT))
     while [ $SECONDS -lt $deadline ]; do
-        if ! kafka_pid >/dev/null; then
+        # kill -0, not kafka_pid: until the forked shell has exec'd java its command line is not kafka.Kafka
+        if ! kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
             log "the broker exited during start-up; last log lines:"
             tail -n +"$((since + 1))" "$LOG" | tail -30 >&2; tail -10 "$DIR/stdout.log" >&2
             rm -f "$PIDFILE"; return 1

@@ -65,6 +65,7 @@ class GuardSettings(_Section):
     window_tokens: int = Field(default=256, gt=0)  # minilm: latest thinking/answer tokens read per score
     max_tokens: int = Field(default=8192, gt=0)  # longer sessions keep their tail
     kv_budget_mb: int = Field(default=4096, gt=0)
+    engine: Literal["hf", "vllm"] = "hf"  # judge backend: transformers (reference) or vLLM (pip extra)
     escalate_to: str | None = None  # optional second guard for the uncertain band
     escalate_path: Path | None = None
 

@@ -22,7 +22,8 @@ its oldest tokens in blocks of a quarter of the budget, so the cached prefix sta
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,10 @@ class LabelReader:
         if any(c != path[: len(c)] for c in contexts):
             raise ValueError(f"judge labels need more than one probe path: {labels}")
         self.probe: tuple[int, ...] = path
+        # every token id whose log-probability some probe row needs (what a serving engine is asked for)
+        self.tokens: tuple[int, ...] = tuple(
+            sorted({t for _, factors, stops in self.terms for _, t in (*factors, *stops)})
+        )
 
     @classmethod
     def build(cls, template: Template, tokenize: Any) -> LabelReader:
@@ -90,16 +95,62 @@ class LabelReader:
 
     def probabilities(self, logprobs: torch.Tensor) -> dict[Label, float]:
         """Unnormalised label probabilities from (len(probe) + 1, vocab) log-probabilities."""
-        rows = logprobs.double().exp()
+        picked = logprobs.double()[:, list(self.tokens)].tolist()
+        return self.from_rows([dict(zip(self.tokens, row, strict=True)) for row in picked])
+
+    def from_rows(self, rows: Sequence[Mapping[int, float]]) -> dict[Label, float]:
+        """The label maths on its own: row j maps token id -> log-probability after probe[:j] and holds
+        at least `self.tokens` (a token missing from a row counts as probability 0)."""
         out: dict[Label, float] = {}
         for label, factors, stops in self.terms:
             p = 1.0
             for row, token in factors:
-                p *= float(rows[row, token])
+                p *= math.exp(rows[row].get(token, -math.inf))
             if stops:
-                p *= max(0.0, 1.0 - sum(float(rows[row, token]) for row, token in stops))
+                p *= max(0.0, 1.0 - sum(math.exp(rows[row].get(token, -math.inf)) for row, token in stops))
             out[label] = p
         return out
+
+
+def label_score(probs: Mapping[Label, float], tokens: int, computed: int, truncated: bool) -> Score:
+    """The Score of unnormalised label probabilities (all zero: safe), `label_mass` in `extra`."""
+    mass = sum(probs.values())
+    by_label: dict[Label, float] = {label: probs.get(label, 0.0) for label in LABELS}
+    if mass <= 0:
+        by_label = {0: 1.0, 0.5: 0.0, 1: 0.0}
+    score = Score.from_probs(by_label[0], by_label[0.5], by_label[1], tokens)
+    extra = {"label_mass": mass, "tokens_computed": float(computed), "truncated": float(truncated)}
+    return replace(score, extra=extra)
+
+
+def split_ids(
+    tokenizer: Any, rendered: Rendered, *, max_tokens: int, probe: int, truncated: bool
+) -> tuple[list[int], list[int], bool]:
+    """(prefix ids, tail ids, truncated): `content + suffix` tokenized in one go and split where the
+    content ends; the body loses its oldest tokens in quarter-budget blocks above `max_tokens`."""
+    text = rendered.content + rendered.suffix
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids: list[int] = list(enc["input_ids"])
+    ends = [int(end) for _, end in enc["offset_mapping"]]
+    split = sum(1 for end in ends if end <= len(rendered.content))  # tokens wholly inside the content
+    head = sum(1 for end in ends if end <= len(rendered.head))
+    prefix_ids, tail_ids = ids[:split], ids[split:]
+    budget = max_tokens - len(tail_ids) - probe - head
+    body = prefix_ids[head:]
+    if len(body) > budget > 0:
+        block = max(1, budget // 4)
+        drop = -(-(len(body) - budget) // block) * block
+        prefix_ids, truncated = prefix_ids[:head] + body[drop:], True
+    return prefix_ids, tail_ids, truncated
+
+
+def judge_template(name: str, path: Path, vocab: Mapping[str, int]) -> Template:
+    """The named template, with the instruction file shipped next to the weights when there is one."""
+    template = get_template(name, dict(vocab))
+    for filename in INSTRUCTION_FILES:
+        if (path / filename).is_file():
+            return template.with_instruction((path / filename).read_text(encoding="utf-8"))
+    return template
 
 
 class JudgeLoadError(RuntimeError):
@@ -185,11 +236,7 @@ class JudgeGuard:
         if path is None:
             raise JudgeLoadError("the judge guard needs a local model directory (MONITOR_GUARD__PATH)")
         model, tokenizer = load_model(Path(path), settings.guard.device)
-        template = get_template(settings.guard.template, tokenizer.get_vocab())
-        for name in INSTRUCTION_FILES:
-            if (Path(path) / name).is_file():
-                template = template.with_instruction((Path(path) / name).read_text(encoding="utf-8"))
-                break
+        template = judge_template(settings.guard.template, Path(path), tokenizer.get_vocab())
         vision = None
         if is_vision_model(model) and template.image_slot:
             image_processor = load_image_processor(Path(path))
@@ -218,20 +265,13 @@ class JudgeGuard:
 
     def encode(self, prefix: Prefix) -> Encoded:
         rendered, pixels = self.render(prefix)
-        text = rendered.content + rendered.suffix
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids: list[int] = list(enc["input_ids"])
-        ends = [int(end) for _, end in enc["offset_mapping"]]
-        split = sum(1 for end in ends if end <= len(rendered.content))  # tokens wholly inside the content
-        head = sum(1 for end in ends if end <= len(rendered.head))
-        prefix_ids, tail_ids = ids[:split], ids[split:]
-        budget = self.max_tokens - len(tail_ids) - len(self.reader.probe) - head
-        body = prefix_ids[head:]
-        truncated = prefix.truncated
-        if len(body) > budget > 0:
-            block = max(1, budget // 4)
-            drop = -(-(len(body) - budget) // block) * block
-            prefix_ids, truncated = prefix_ids[:head] + body[drop:], True
+        prefix_ids, tail_ids, truncated = split_ids(
+            self.tokenizer,
+            rendered,
+            max_tokens=self.max_tokens,
+            probe=len(self.reader.probe),
+            truncated=prefix.truncated,
+        )
         if pixels is None or self.vision is None:
             return Encoded(prefix.session_id, tuple(prefix_ids), tuple(tail_ids), truncated)
         image_end, delta = self.vision.text_offset(prefix_ids, pixels)
@@ -349,14 +389,7 @@ class JudgeGuard:
     # -- postprocess --------------------------------------------------------------------------------
 
     def postprocess(self, e: Encoded, logprobs: torch.Tensor, computed: int) -> Score:
-        probs = self.reader.probabilities(logprobs)
-        mass = sum(probs.values())
-        by_label: dict[Label, float] = {label: probs.get(label, 0.0) for label in LABELS}
-        if mass <= 0:
-            by_label = {0: 1.0, 0.5: 0.0, 1: 0.0}
-        score = Score.from_probs(by_label[0], by_label[0.5], by_label[1], e.tokens)
-        extra = {"label_mass": mass, "tokens_computed": float(computed), "truncated": float(e.truncated)}
-        return replace(score, extra=extra)
+        return label_score(self.reader.probabilities(logprobs), e.tokens, computed, e.truncated)
 
     # -- state and audit ----------------------------------------------------------------------------
 

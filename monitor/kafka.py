@@ -102,13 +102,19 @@ def _definitions(settings: Settings) -> dict[str, Any]:
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
     """The topic definitions of topics/topics.json with the names of `settings.topics`."""
+    t = settings.topics
+    if t.replication_factor is not None and (t.min_insync_replicas or 1) > t.replication_factor:
+        raise ConfigError("topics.min_insync_replicas must not exceed topics.replication_factor")
     specs = []
     for role, spec in _definitions(settings).items():
         if role.startswith("_"):
             continue
-        name = getattr(settings.topics, role)
+        name = getattr(t, role)
         configs = {k: str(v) for k, v in spec.get("configs", {}).items()}
-        specs.append(TopicSpec(role, name, int(spec["partitions"]), int(spec["replication"]), configs))
+        if t.min_insync_replicas is not None:
+            configs["min.insync.replicas"] = str(t.min_insync_replicas)
+        replication = t.replication_factor or int(spec["replication"])
+        specs.append(TopicSpec(role, name, int(spec["partitions"]), replication, configs))
     return specs
 
 
@@ -202,6 +208,11 @@ async def apply_topics(settings: Settings) -> list[str]:
             elif have > s.partitions:
                 notes.append(
                     f"has {have} partitions, more than the {s.partitions} defined; Kafka cannot shrink"
+                )
+            replicas = len(described[s.name]["partitions"][0]["replicas"])
+            if replicas != s.replication:
+                notes.append(
+                    f"has replication {replicas}, not {s.replication}; reassign partitions to change"
                 )
             diff = {k: v for k, v in s.configs.items() if current[s.name].get(k) != v}
             if diff:

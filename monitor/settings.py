@@ -46,6 +46,10 @@ class TopicsSettings(_Section):
     dead_letters: str = "qta.dead-letters"
     audits: str = "qta.audits"
     definitions_dir: Path = Path("topics")
+    # Per environment (topics.json defines 1 for a dev broker): a replicated cluster sets 3 and 2, so an
+    # acks=all write survives one broker down. None keeps topics.json's replication / the broker's min ISR.
+    replication_factor: int | None = Field(default=None, ge=1)
+    min_insync_replicas: int | None = Field(default=None, ge=1)
 
 
 class ImageSettings(_Section):

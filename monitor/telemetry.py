@@ -19,6 +19,8 @@ do not). Names as Prometheus shows them (the dashboards use exactly these):
     qta_monitor_unavailable_total{service}         counter    Redis / Kafka failures that led to a retry
     qta_monitor_consumer_lag{topic,partition}      gauge      records behind each owned partition's end
     qta_monitor_produce_errors_total{error}        counter    publishes to Kafka that failed (timeout / error)
+    qta_monitor_engine_prompt_tokens_total{guard}  counter    prompt tokens sent to the vLLM judge's engine
+    qta_monitor_engine_cached_tokens_total{guard}  counter    of those, prefix-cache hits (hit rate = ratio)
 
 Prometheus also gets `_bucket`, `_sum` and `_count` series for each histogram, and OpenTelemetry's
 `target_info`. Category labels are the guard's category or `none`. The consumer lag is an observable gauge
@@ -83,6 +85,13 @@ unavailable = _meter.create_counter(
 
 produce_errors = _meter.create_counter(
     "qta_monitor_produce_errors_total", description="publishes to Kafka that failed, by error"
+)
+
+engine_prompt_tokens = _meter.create_counter(
+    "qta_monitor_engine_prompt_tokens_total", description="prompt tokens sent to a serving engine"
+)
+engine_cached_tokens = _meter.create_counter(
+    "qta_monitor_engine_cached_tokens_total", description="prompt tokens the engine's prefix cache held"
 )
 
 _lag: dict[tuple[str, int], int] = {}

@@ -20,6 +20,10 @@ def build_guard(settings: Settings, name: str | None = None, path: Path | None =
         from monitor.guards.minilm import MiniLMGuard
 
         return MiniLMGuard.load(settings, path, name=chosen)
+    if chosen == "judge" and settings.guard.engine == "vllm":
+        from monitor.guards.vllm_engine import VLLMJudge
+
+        return VLLMJudge.load(settings, path or settings.guard.path)
     if chosen == "judge":
         from monitor.guards.judge import JudgeGuard
 

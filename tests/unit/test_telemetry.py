@@ -25,11 +25,13 @@ def test_documented_metrics_are_exported_under_their_names() -> None:
     telemetry.partitions_paused.set(0)
     telemetry.unavailable.add(1, {"service": "redis"})
     telemetry.produce_errors.add(1, {"error": "timeout"})
+    telemetry.engine_prompt_tokens.add(40, {"guard": "judge"})
+    telemetry.engine_cached_tokens.add(32, {"guard": "judge"})
     telemetry.set_consumer_lag({("qta.chunks", 0): 7, ("qta.chunks", 1): 0})
 
     exported = generate_latest(REGISTRY).decode()
     documented = re.findall(r"^\s+(qta_monitor_\w+)", telemetry.__doc__ or "", flags=re.M)
-    assert len(documented) == 14
+    assert len(documented) == 16
     for name in documented:
         assert re.search(rf"^{name}(_bucket|_count|_sum)?{{", exported, flags=re.M), name
     assert 'qta_monitor_aborts_total{action="abort",category="none",guard="g"' in exported

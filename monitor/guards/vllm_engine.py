@@ -102,6 +102,7 @@ class Geometry:
     layers: int
     kv_heads: int
     head_dim: int
+    max_positions: int | None = None
     dtype_bytes: int = 2  # bf16
 
     @classmethod
@@ -109,7 +110,9 @@ class Geometry:
         text = config.get("text_config") or config  # VL checkpoints nest the language model's config
         heads = int(text["num_attention_heads"])
         head_dim = int(text.get("head_dim") or int(text["hidden_size"]) // heads)
-        return cls(int(text["num_hidden_layers"]), int(text.get("num_key_value_heads") or heads), head_dim)
+        kv_heads = int(text.get("num_key_value_heads") or heads)
+        positions = text.get("max_position_embeddings")
+        return cls(int(text["num_hidden_layers"]), kv_heads, head_dim, int(positions) if positions else None)
 
     @property
     def bytes_per_token(self) -> int:
@@ -147,6 +150,8 @@ def engine_args(
     """Keyword arguments of vLLM's `AsyncEngineArgs`: bf16, CUDA graphs, prefix caching, a KV pool of
     `guard.kv_budget_mb` (`kv_cache_memory_bytes`, which replaces gpu_memory_utilization's profiling)."""
     max_model_len = settings.guard.max_tokens + (VISION_TOKENS if vision else 0)
+    if geometry.max_positions:
+        max_model_len = min(max_model_len, geometry.max_positions)
     pool = kv_pool(geometry, settings.guard.kv_budget_mb * 2**20, max_model_len)
     args: dict[str, Any] = {
         "model": str(path),

@@ -378,6 +378,9 @@ def test_kv_pool_is_sized_from_the_budget_and_the_geometry(tmp_path: Path) -> No
     vl_args = engine_args(settings, tmp_path, Geometry.from_config(vl), vision=True, prefix_caching=False)
     assert Geometry.from_config(vl).head_dim == 128 and not vl_args["skip_tokenizer_init"]
     assert vl_args["limit_mm_per_prompt"] == {"image": 8} and not vl_args["enable_prefix_caching"]
+    assert vl_args["max_model_len"] == 4096 + 16_384
+    short = {**vl, "text_config": {**vl["text_config"], "max_position_embeddings": 8192}}
+    assert engine_args(settings, tmp_path, Geometry.from_config(short), vision=True)["max_model_len"] == 8192
 
 
 def test_a_missing_vllm_says_how_to_install_it(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

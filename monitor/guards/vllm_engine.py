@@ -61,6 +61,9 @@ VLLM_VERSION = "0.33.0"  # the pin of the `vllm` extra; the logprob API changed 
 BLOCK_SIZE = 16  # tokens per KV block: the prefix cache reuses whole blocks
 VISION_TOKENS = 16_384  # room in max_model_len for a VL judge's vision tokens
 MAX_IMAGES = 8
+# vLLM 0.33 refuses to start unless this share of the GPU is free; with kv_cache_memory_bytes set it sizes
+# nothing else, so a small share lets the engine start next to other users of the GPU (tests, a 2nd engine)
+STARTUP_FREE_SHARE = 0.05
 
 T = TypeVar("T")
 
@@ -161,6 +164,7 @@ def engine_args(
         "enable_prefix_caching": prefix_caching,
         "block_size": pool.block_size,
         "kv_cache_memory_bytes": pool.bytes,
+        "gpu_memory_utilization": STARTUP_FREE_SHARE,
         "max_model_len": max_model_len,
         "logprobs_mode": "raw_logprobs",  # log_softmax of the logits, before any processor
         "enforce_eager": False,  # CUDA graphs

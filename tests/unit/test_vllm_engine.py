@@ -372,6 +372,7 @@ def test_kv_pool_is_sized_from_the_budget_and_the_geometry(tmp_path: Path) -> No
     args = engine_args(settings, tmp_path, geometry, vision=False)
     assert args["enable_prefix_caching"] and args["dtype"] == "bfloat16" and not args["enforce_eager"]
     assert args["kv_cache_memory_bytes"] == kv_pool(geometry, 2**30, 4096).bytes
+    assert args["gpu_memory_utilization"] < 0.1  # only vLLM's start-up free-memory check reads it
     assert args["max_model_len"] == 4096 and args["skip_tokenizer_init"]
     assert args["logprobs_mode"] == "raw_logprobs" and "limit_mm_per_prompt" not in args
     vl = {"vision_config": {"depth": 32}, "text_config": {**QWEN25_05B, "head_dim": 128}}

@@ -13,15 +13,22 @@ Measured in one run, side by side:
   1. exactness: label logits, incremental vs full re-score (fp32, short prefix)
   2. one session of --tokens tokens in --chunk-token chunks: tokens forwarded, wall time, per-score latency
   3. batch scaling: B sessions in lockstep, incremental vs naive, monitored tokens/s, scores/s, GPU memory
+  4. with --engine vllm, side by side with hf-eager on the same weights and sessions: the same scoring
+     pattern on vLLM's AsyncLLM (prefix caching, token-id prompts, label logprobs by logprob_token_ids, one
+     score in flight per session, sessions as concurrent coroutines): per-score latency p50/p99 at one
+     session, monitored tokens/s and GPU memory at --concurrency sessions of --vllm-tokens tokens, the
+     share of computed tokens that are template suffix, and the label log-probabilities against HF's.
 Prints ratios and writes JSON (GPU name, driver, torch/transformers/CUDA versions, date).
 
     python bench/gpu_judge.py                     # 0.5B-class, on CUDA
+    python bench/gpu_judge.py --engine vllm       # + vLLM side by side (pip install 'qta-monitor[vllm]')
     python bench/gpu_judge.py --tiny --tokens 256 --batches 1,2   # smoke test on CPU
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import itertools
 import json
@@ -29,6 +36,7 @@ import os
 import platform
 import statistics
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -166,6 +174,162 @@ def machine(device: torch.device) -> dict[str, Any]:
     return info
 
 
+def gpu_used_mb() -> float | None:
+    """Device memory in use by every process (vLLM's engine runs in a process of its own)."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "--id=0"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+        return float(out.split()[0])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def vllm_side(
+    model: Qwen2ForCausalLM, args: argparse.Namespace, gen: torch.Generator
+) -> dict[str, Any]:
+    """The monitor's scoring pattern on vLLM (what monitor.guards.vllm_engine sends), same weights."""
+    from vllm import AsyncEngineArgs, AsyncLLMEngine, SamplingParams
+
+    folder = Path(tempfile.mkdtemp(prefix="gpu_judge_vllm_"))
+    model.save_pretrained(folder)  # the hf-eager model's random weights, read back by vLLM
+    vocab = model.config.vocab_size
+    max_len = max(args.vllm_tokens, args.tokens) + args.suffix + 16
+    before = gpu_used_mb()
+    engine = AsyncLLMEngine.from_engine_args(
+        AsyncEngineArgs(
+            model=str(folder),
+            skip_tokenizer_init=True,
+            dtype=args.dtype,
+            enable_prefix_caching=True,
+            kv_cache_memory_bytes=args.vllm_kv_gb * 2**30,
+            gpu_memory_utilization=0.05,  # start-up check only; the pool is kv_cache_memory_bytes
+            max_model_len=max_len,
+            max_num_seqs=args.vllm_max_seqs,
+            generation_config="vllm",
+            seed=0,
+        )
+    )
+    params = SamplingParams(
+        max_tokens=1,
+        temperature=0.0,
+        logprobs=len(LABEL_TOKENS),
+        logprob_token_ids=list(LABEL_TOKENS),
+        detokenize=False,
+    )
+    ids = itertools.count()
+    suffix = torch.randint(100, vocab, (args.suffix,), generator=gen).tolist()
+
+    async def score(prompt: list[int]) -> tuple[float, int, int, dict[int, float]]:
+        t0 = time.perf_counter()
+        final = None
+        async for out in engine.generate({"prompt_token_ids": prompt}, params, str(next(ids))):
+            final = out
+        assert final is not None
+        row = {int(t): lp.logprob for t, lp in final.outputs[0].logprobs[0].items()}
+        return time.perf_counter() - t0, len(prompt), int(final.num_cached_tokens or 0), row
+
+    async def session(content: list[int], stats: list[tuple[float, int, int]]) -> None:
+        for end in range(args.chunk, len(content) + args.chunk, args.chunk):  # one score in flight
+            latency, sent, cached, _ = await score(content[:end] + suffix)
+            stats.append((latency, sent, cached))
+
+    def trace(n: int) -> list[int]:
+        return torch.randint(100, vocab, (n,), generator=gen).tolist()
+
+    out: dict[str, Any] = {"engine_mem_mb": None}
+    await session(trace(256), [])  # warm-up (CUDA graphs are captured at start-up)
+    # exactness: label log-probabilities vs an HF full forward of the same prompt
+    probe = trace(300) + suffix
+    _, _, _, row = await score(probe)
+    with torch.inference_mode():
+        logits = model(input_ids=torch.tensor([probe], device=model.device), logits_to_keep=1).logits
+    hf = torch.log_softmax(logits[0, -1].float(), -1)
+    out["label_logprob_max_abs_diff_vs_hf"] = max(abs(row[t] - float(hf[t])) for t in LABEL_TOKENS)
+    single: list[tuple[float, int, int]] = []
+    await session(trace(args.tokens), single)
+    lat = [x[0] * 1000 for x in single]
+    out["single_session"] = {
+        "score_latency_ms_p50": statistics.median(lat),
+        "score_latency_ms_p99": percentile(lat, 0.99),
+        "monitored_tokens_per_s": args.tokens / sum(x[0] for x in single),
+    }
+    print(f"[vllm single] score p50 {statistics.median(lat):.2f} ms, p99 {percentile(lat, 0.99):.2f} ms")
+    rows = []
+    for sessions in [int(b) for b in args.concurrency.split(",") if b]:
+        contents = [trace(args.vllm_tokens) for _ in range(sessions)]
+        stats: list[tuple[float, int, int]] = []
+        t0 = time.perf_counter()
+        await asyncio.gather(*(session(c, stats) for c in contents))
+        wall = time.perf_counter() - t0
+        sent = sum(x[1] for x in stats)
+        computed = sum(x[1] - x[2] for x in stats)
+        rows.append(
+            {
+                "sessions": sessions,
+                "tokens_per_session": args.vllm_tokens,
+                "wall_s": wall,
+                "monitored_tokens_per_s": sessions * args.vllm_tokens / wall,
+                "scores_per_s": len(stats) / wall,
+                "score_latency_ms_p50": statistics.median(x[0] * 1000 for x in stats),
+                "score_latency_ms_p99": percentile([x[0] * 1000 for x in stats], 0.99),
+                "prefix_cache_hit_rate": 1 - computed / sent,
+                "suffix_share_of_computed": len(stats) * args.suffix / max(1, computed),
+                "gpu_used_mb": gpu_used_mb(),
+            }
+        )
+        print(
+            f"[vllm {sessions:>4} sessions] monitored tokens/s {rows[-1]['monitored_tokens_per_s']:,.0f}, "
+            f"hit rate {rows[-1]['prefix_cache_hit_rate']:.3f}, "
+            f"suffix share {rows[-1]['suffix_share_of_computed']:.2f}"
+        )
+    out["concurrency"] = rows
+    used = gpu_used_mb()
+    out["engine_mem_mb"] = used - before if used is not None and before is not None else None
+    engine.shutdown()
+    return out
+
+
+def hf_side(
+    model: Qwen2ForCausalLM, args: argparse.Namespace, device: torch.device, cfg: Qwen2Config
+) -> list:
+    """hf-eager (incremental, lockstep batches) at the same session counts and lengths as vLLM."""
+    gen = torch.Generator().manual_seed(2)
+    suffix = torch.randint(100, cfg.vocab_size, (1, args.suffix), generator=gen).to(device)
+    rows = []
+    for sessions in [int(b) for b in args.concurrency.split(",") if b]:
+        if sessions > args.hf_max_sessions:
+            continue
+        content = torch.randint(100, cfg.vocab_size, (sessions, args.vllm_tokens), generator=gen).to(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        lat: list[float] = []
+        _, wall = timed(lambda c=content, la=lat: incremental(model, c, suffix, args.chunk, la), device)
+        rows.append(
+            {
+                "sessions": sessions,
+                "tokens_per_session": args.vllm_tokens,
+                "wall_s": wall,
+                "monitored_tokens_per_s": sessions * args.vllm_tokens / wall,
+                "score_latency_ms_p50": statistics.median(x * 1000 for x in lat),
+                "peak_mem_mb": peak_mb(device),
+            }
+        )
+        print(
+            f"[hf-eager {sessions:>4} sessions] monitored tokens/s {rows[-1]['monitored_tokens_per_s']:,.0f}"
+        )
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="tiny config (CPU smoke test)")
@@ -179,6 +343,12 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="print a torch.profiler table of 10 scores")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "gpu_judge.json")
+    ap.add_argument("--engine", default="hf", choices=["hf", "vllm"], help="vllm: also run vLLM side by side")
+    ap.add_argument("--concurrency", default="16,64,256,1024", help="concurrent sessions (hf-eager vs vllm)")
+    ap.add_argument("--vllm-tokens", type=int, default=2048, help="trace length per session, side by side")
+    ap.add_argument("--vllm-kv-gb", type=int, default=40, help="vLLM KV pool (kv_cache_memory_bytes)")
+    ap.add_argument("--vllm-max-seqs", type=int, default=1024, help="vLLM max_num_seqs")
+    ap.add_argument("--hf-max-sessions", type=int, default=1024, help="largest hf-eager side-by-side run")
     args = ap.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -330,6 +500,17 @@ def main() -> None:
     print(
         f"[exactness] fp32 max |incremental - full| label logit = {result['exactness_fp32_max_abs_diff']:.2e}"
     )
+
+    if args.engine == "vllm":
+        if device.type != "cuda":
+            raise SystemExit("--engine vllm needs a CUDA device")
+        import vllm
+
+        result["machine"]["vllm"] = vllm.__version__
+        result["side_by_side"] = {
+            "hf_eager": hf_side(model, args, device, cfg),
+            "vllm": asyncio.run(vllm_side(model, args, torch.Generator().manual_seed(3))),
+        }
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

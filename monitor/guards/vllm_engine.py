@@ -248,8 +248,12 @@ class EngineLoop:
         return self.submit(coro).result()
 
     def close(self) -> None:
+        if self.loop.is_closed():
+            return
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self.loop.close()
 
 
 @dataclass
@@ -443,5 +447,8 @@ class VLLMJudge:
         return self.loop.run(self._explain(prefix))
 
     def close(self) -> None:
-        self.engine.shutdown()
+        async def shutdown() -> None:  # on its loop: it cancels the engine's output-handler task
+            self.engine.shutdown()
+
+        self.loop.run(shutdown())
         self.loop.close()

@@ -1,7 +1,8 @@
 """Kafka for the worker and the CLI: connection settings (TLS, SASL), `apply_topics` (the topics/ contract
 made real, idempotently), the consumer-group `KafkaChunkSource` and the idempotent `KafkaEventSink`.
 
-The only module besides monitor.sdk that imports aiokafka; its errors become `KafkaUnavailable` here.
+The only module besides monitor.sdk (and monitor.kafka_auth, which explains refused TLS / SASL connections
+for it) that imports aiokafka; its errors become `KafkaUnavailable` here.
 The edge types come from monitor.edges and the in-memory twins from monitor.kafka_memory; both are
 re-exported so a caller imports everything Kafka-shaped from one place."""
 
@@ -82,6 +83,18 @@ def unavailable(exc: BaseException, doing: str, bootstrap: str) -> KafkaUnavaila
     return KafkaUnavailable(f"Kafka at {bootstrap}: {doing} failed: {exc!r}", recoverable=recoverable)
 
 
+async def connect_failed(exc: BaseException, doing: str, kafka: KafkaSettings) -> KafkaUnavailable:
+    """`unavailable`, except that a TLS / SASL refusal (bad certificate, wrong password) is named and is
+    not recoverable: retrying cannot fix it, so a worker stops at once instead of retrying forever."""
+    from monitor.kafka_auth import explain_refusal
+
+    if isinstance(exc, KafkaConnectionError):
+        reason = await explain_refusal(kafka, connection_kwargs(kafka))
+        if reason is not None:
+            return KafkaUnavailable(reason, recoverable=False)
+    return unavailable(exc, doing, kafka.bootstrap)
+
+
 # ---------------------------------------------------------------------------------------------- topics
 @dataclass(frozen=True, slots=True)
 class TopicSpec:
@@ -125,7 +138,7 @@ async def _admin(settings: Settings) -> AsyncIterator[Any]:
         await admin.start()
     except KafkaError as exc:
         await admin.close()
-        raise unavailable(exc, "connect (admin)", settings.kafka.bootstrap) from exc
+        raise await connect_failed(exc, "connect (admin)", settings.kafka) from exc
     try:
         yield admin
     except KafkaError as exc:
@@ -305,7 +318,7 @@ class KafkaChunkSource:
             await self._consumer.start()
         except KafkaError as exc:
             await self._consumer.stop()
-            raise unavailable(exc, "connect (consumer)", self.settings.kafka.bootstrap) from exc
+            raise await connect_failed(exc, "connect (consumer)", self.settings.kafka) from exc
         self._consumer.subscribe(list(self.topics), listener=_Listener(self))
 
     async def stop(self) -> None:
@@ -385,7 +398,7 @@ class KafkaEventSink:
             await self._producer.start()
         except KafkaError as exc:
             await self._producer.stop()
-            raise unavailable(exc, "connect (producer)", self.settings.kafka.bootstrap) from exc
+            raise await connect_failed(exc, "connect (producer)", self.settings.kafka) from exc
 
     async def stop(self) -> None:
         if self._producer is not None:

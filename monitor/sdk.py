@@ -31,7 +31,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from monitor.edges import EventSink, KafkaUnavailable
-from monitor.kafka import MAX_MESSAGE_BYTES, connection_kwargs, partitions_of
+from monitor.kafka import MAX_MESSAGE_BYTES, connect_failed, connection_kwargs, partitions_of
 from monitor.messages import Abort, Chunk, ImageRef, Part, decode_abort, encode
 from monitor.sdk_stream import MonitoredStream, deltas, monitored_stream
 from monitor.settings import Settings, load_settings
@@ -144,6 +144,9 @@ class TracePublisher:
         except (KafkaError, TimeoutError) as exc:
             await self._producer.stop()
             self._producer = None
+            refused = await connect_failed(exc, "connect (publisher)", self.settings.kafka)
+            if not refused.recoverable:  # a TLS / SASL refusal, named
+                raise PublishError(f"cannot connect for {self._where()}: {refused}") from exc
             raise PublishError(f"cannot connect to Kafka for {self._where()}: {exc!r}") from exc
 
     async def stop(self) -> None:

@@ -3,6 +3,8 @@
 #   bash scripts/kafka.sh start|stop|status
 # Broker 127.0.0.1:19092, controller 127.0.0.1:19093 (override with QTA_KAFKA_PORT / QTA_KAFKA_CONTROLLER_PORT).
 # State (data, config, kafka.log, pid) under ${QTA_STATE:-${QTA_CACHE:-$HOME/.cache/qta-monitor}/state}/kafka.
+# QTA_KAFKA_EXTRA_CONFIG=FILE appends broker properties (a later key wins), e.g. TLS / SASL listeners; the
+# PLAINTEXT listener on the broker port stays, as the start-up check uses it.
 # Jars come from scripts/install.sh (Maven Central, cached). `start` is a fast no-op when already running.
 set -euo pipefail
 
@@ -77,6 +79,9 @@ log.segment.bytes=67108864
 message.max.bytes=16777216
 replica.fetch.max.bytes=16777216
 EOF
+    if [ -n "${QTA_KAFKA_EXTRA_CONFIG:-}" ]; then
+        { echo "# from $QTA_KAFKA_EXTRA_CONFIG"; cat "$QTA_KAFKA_EXTRA_CONFIG"; } >>"$DIR/server.properties"
+    fi
     cat >"$DIR/log4j2.properties" <<EOF
 status = warn
 shutdownHook = disable

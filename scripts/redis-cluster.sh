@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# A local three-node Redis Cluster (Debian's redis-server, no replicas) for the store's cluster test.
+# A local Redis Cluster of three primaries (Debian's redis-server) for the store's cluster tests.
 #   bash scripts/redis-cluster.sh start | stop | status
-# Nodes on 127.0.0.1:${QTA_REDIS_CLUSTER_PORT:-17001} and the next two ports; state under
+# Nodes on 127.0.0.1:${QTA_REDIS_CLUSTER_PORT:-17001} and the next ports; QTA_REDIS_CLUSTER_REPLICAS=N
+# (default 0) gives each primary N replicas (3 * (1 + N) nodes) for the fail-over test. State under
 # ${QTA_STATE:-${QTA_CACHE:-$HOME/.cache/qta-monitor}/state}/redis-cluster-<first port>.
 set -euo pipefail
 
 CACHE="${QTA_CACHE:-$HOME/.cache/qta-monitor}"
 STATE="${QTA_STATE:-$CACHE/state}"
 FIRST="${QTA_REDIS_CLUSTER_PORT:-17001}"
-PORTS=("$FIRST" "$((FIRST + 1))" "$((FIRST + 2))")
+REPLICAS="${QTA_REDIS_CLUSTER_REPLICAS:-0}"
+mapfile -t PORTS < <(seq "$FIRST" "$((FIRST + 3 * (1 + REPLICAS) - 1))")
 DIR="$STATE/redis-cluster-$FIRST"
 
 log() { echo "redis-cluster: $*" >&2; }
@@ -17,6 +19,15 @@ ok() {  # every node must agree, not only the first: clients talk to all of them
     for port in "${PORTS[@]}"; do
         redis-cli -h 127.0.0.1 -p "$port" cluster info 2>/dev/null | grep -q 'cluster_state:ok' || return 1
     done
+    # with replicas: each primary has its replicas, in sync (a fail-over needs one to promote)
+    [ "$REPLICAS" -eq 0 ] && return 0
+    local linked=0
+    for port in "${PORTS[@]}"; do
+        if redis-cli -h 127.0.0.1 -p "$port" info replication 2>/dev/null | grep -q 'master_link_status:up'; then
+            linked=$((linked + 1))
+        fi
+    done
+    [ "$linked" -eq $((3 * REPLICAS)) ]
 }
 
 start() {
@@ -40,8 +51,9 @@ start() {
             sleep 0.1
         done
     done
-    if ! redis-cli -h 127.0.0.1 -p "$FIRST" cluster info | grep -q 'cluster_known_nodes:3'; then
-        redis-cli --cluster create "${PORTS[@]/#/127.0.0.1:}" --cluster-replicas 0 --cluster-yes >/dev/null
+    if ! redis-cli -h 127.0.0.1 -p "$FIRST" cluster info | grep -q "cluster_known_nodes:${#PORTS[@]}"; then
+        redis-cli --cluster create "${PORTS[@]/#/127.0.0.1:}" --cluster-replicas "$REPLICAS" --cluster-yes \
+            >/dev/null
     fi
     for _ in $(seq 1 100); do
         if ok; then log "up on 127.0.0.1:${PORTS[*]}"; return 0; fi

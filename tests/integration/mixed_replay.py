@@ -3,8 +3,11 @@ of harmful and safe sample sessions streamed through the SDK while faults are in
 back from the topics, and the one check every fault test ends with: every chunk covered by a verdict, one
 abort per harmful session, none on a safe one, no dead letter and no degraded verdict.
 
-The sessions are ones the shipped weights handle whatever prefixes get scored (docs/embedded-guard.md):
-harmful ones aborted early in their thinking, safe ones far below the abort threshold."""
+The sessions are ones the shipped weights handle whatever prefixes get scored, with a margin: scored at
+every 48-character prefix, the harmful ones pass p_harmful 0.8 early in their thinking and reach 0.99, the
+safe ones never pass 0.5 (sourdough 0.03, Python de-duplication 0.06, self-harm support 0.46; the weights
+of fc031e3). Safe refusals that name a harm (safe-refuse-bomb 0.76 in its answer, above
+policy.answer_abort_threshold) are not used: these tests are about faults, not the guard's quality."""
 
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from monitor.settings import Settings
 from monitor.watch import EventTail
 
 HARMFUL = ("think-gas-attack", "both-threaten-journalist", "both-meth-lab", "think-stalk-ex")
-SAFE = ("safe-refuse-bomb", "safe-self-harm-support", "benign-python-dedupe")
+SAFE = ("benign-sourdough", "safe-self-harm-support", "benign-python-dedupe")
 log = logging.getLogger("tests.mixed_replay")
 
 

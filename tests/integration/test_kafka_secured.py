@@ -139,7 +139,7 @@ async def test_worker_over_mutual_tls_and_sdk_over_sasl_ssl_abort_once(
     await apply_topics(sasl)
     plans = [
         Planned(sid, name, _plan(SAMPLES[name], sid))
-        for sid, name in ((_sid(n), n) for n in ("think-gas-attack", "safe-refuse-bomb"))
+        for sid, name in ((_sid(n), n) for n in ("think-gas-attack", "benign-python-dedupe"))
     ]
     log = tmp_path / "worker.log"
     worker = _start_worker(with_client_id(mtls, "mtls"), log)

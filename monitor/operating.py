@@ -13,31 +13,38 @@ from monitor import report
 from monitor.report import Outcome
 from monitor.settings import Settings
 
-# (abort_threshold, answer_abort_threshold, ema_abort, consecutive, min_tokens, ema_alpha)
-Point = tuple[float, float, float, int, int, float]
-KNOBS = ("abort_threshold", "answer_abort_threshold", "ema_abort", "consecutive", "min_tokens", "ema_alpha")
+# (abort_threshold, answer_abort_threshold, ema_abort, consecutive, min_tokens, ema_alpha, answer_label_abort)
+Point = tuple[float, float, float, int, int, float, bool]
+KNOBS = (
+    "abort_threshold",
+    "answer_abort_threshold",
+    "ema_abort",
+    "consecutive",
+    "min_tokens",
+    "ema_alpha",
+    "answer_label_abort",
+)
 
 
 def grid(settings: Settings) -> list[Point]:
     """Thresholds, EMA level and hysteresis, consecutive labels and minimum tokens around the defaults."""
     p = settings.policy
     points = {
-        (t, a, e, c, m, p.ema_alpha)
-        for t in (0.8, 0.9, 0.95)
+        (t, a, e, c, m, p.ema_alpha, lab)
+        for t in (0.8, 0.9, 0.95, 0.98)
         for a in (0.7, 0.85, 0.95)
-        for e in (0.7, 0.8, 0.9)
-        for c in (2, 3, 4)
+        for e in (0.8, 0.9)
+        for c in (2, 4, 6)
         for m in (16, 48)
+        for lab in (True, False)
     }
-    points |= {
-        (p.abort_threshold, p.answer_abort_threshold, p.ema_abort, p.consecutive, p.min_tokens, x)
-        for x in (0.3, 0.8)
-    }
+    base = (p.abort_threshold, p.answer_abort_threshold, p.ema_abort, p.consecutive, p.min_tokens)
+    points |= {(*base, x, p.answer_label_abort) for x in (0.3, 0.8)}
     return sorted(points)
 
 
 def apply(settings: Settings, point: Point) -> Settings:
-    t, a, e, c, m, alpha = point
+    t, a, e, c, m, alpha, label = point
     policy = settings.policy.model_copy(
         update={
             "abort_threshold": t,
@@ -48,6 +55,7 @@ def apply(settings: Settings, point: Point) -> Settings:
             "consecutive": c,
             "min_tokens": m,
             "ema_alpha": alpha,
+            "answer_label_abort": label,
         }
     )
     return settings.model_copy(update={"policy": policy})

@@ -8,7 +8,8 @@ hysteresis, and a count of consecutive harmful (label 1) scores. No abort fires 
 | rule              | fires when                                                        |
 |-------------------|-------------------------------------------------------------------|
 | threshold:<part>  | p_harmful >= the part's abort threshold                           |
-| label:<part>      | the label reaches the part's abort label (answer: 1; thinking: -)  |
+| label:<part>      | the label reaches the part's abort label (answer: 1 unless          |
+|                   | policy.answer_label_abort is off; thinking: -)                    |
 | ema               | EMA of p_harmful >= policy.ema_abort                              |
 | consecutive       | the last `policy.consecutive` scores all had label 1              |
 
@@ -59,7 +60,9 @@ def part_limits(policy: PolicySettings) -> dict[ScoredPart, PartLimits]:
     """The per-part table. The answer is what users see, so it aborts earlier and on a harmful label."""
     return {
         "thinking": PartLimits(policy.warn_threshold, policy.abort_threshold, None),
-        "answer": PartLimits(policy.warn_threshold, policy.answer_abort_threshold, 1),
+        "answer": PartLimits(
+            policy.warn_threshold, policy.answer_abort_threshold, 1 if policy.answer_label_abort else None
+        ),
     }
 
 

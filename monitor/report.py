@@ -281,7 +281,7 @@ def markdown(report: dict[str, Any], sweep: Sequence[dict[str, Any]] | None = No
     point = report.get("operating_point")
     if point:
         chosen = point["chosen"]
-        knobs = ", ".join(f"`{k}` {chosen[k]}" for k in SWEEP_COLUMNS[:6]) if chosen else "none meets them"
+        knobs = ", ".join(f"`{k}` {chosen[k]}" for k in SWEEP_COLUMNS[:7]) if chosen else "none meets them"
         lines += ["", f"Operating point under false-abort ceilings {point['ceilings']}: {knobs}."]
     plots = "`threshold_sweep.png`, `precision_recall.png`, `earliness.png`"
     lines += ["", f"Plots: {plots}{', `operating_point.png`' if point else ''}.", ""]
@@ -295,6 +295,7 @@ SWEEP_COLUMNS = (
     "consecutive",
     "min_tokens",
     "ema_alpha",
+    "answer_label_abort",
     *SUMMARY_KEYS,
 )
 

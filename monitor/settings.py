@@ -86,6 +86,7 @@ class PolicySettings(_Section):
     ema_release: float = Field(default=0.5, ge=0, le=1)  # hysteresis: warning clears below this
     consecutive: int = Field(default=2, ge=1)
     min_tokens: int = Field(default=16, ge=0)
+    answer_label_abort: bool = True  # a harmful arg-max label in the answer aborts whatever p_harmful is
     escalate_band: tuple[float, float] = (0.35, 0.8)
     steer_prompt: str = (
         "Wait. This line of reasoning could cause real harm. I should not provide this; "

@@ -27,10 +27,11 @@ def test_grid_covers_every_knob_and_apply_sets_them() -> None:
     points = operating.grid(Settings())
     for k, knob in enumerate(operating.KNOBS):
         assert len({p[k] for p in points}) >= 2, knob
-    t, a, e, c, m, alpha = points[-1]
+    t, a, e, c, m, alpha, label = points[-1]
     policy = operating.apply(Settings(), points[-1]).policy
     assert (policy.abort_threshold, policy.answer_abort_threshold, policy.ema_abort) == (t, a, e)
     assert (policy.consecutive, policy.min_tokens, policy.ema_alpha) == (c, m, alpha)
+    assert policy.answer_label_abort is label
     assert policy.ema_release <= policy.ema_abort and policy.warn_threshold <= min(t, a)
 
 

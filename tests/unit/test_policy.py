@@ -113,3 +113,11 @@ def test_action_per_model_and_tenant(
 )
 def test_escalation_band(p: float, escalate: bool) -> None:
     assert should_escalate(POLICY, score(p)) is escalate
+
+
+def test_answer_label_rule_can_be_switched_off() -> None:
+    low_but_label_1 = score(0.45, 1)
+    assert decide(POLICY, PolicyState(), low_but_label_1, "answer", 100).rule == "label:answer"
+    off = POLICY.model_copy(update={"answer_label_abort": False})
+    assert decide(off, PolicyState(), low_but_label_1, "answer", 100).status != "abort"
+    assert decide(off, PolicyState(), score(0.99, 1), "answer", 100).rule == "threshold:answer"

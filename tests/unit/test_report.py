@@ -130,6 +130,7 @@ def test_sweep_table_orders_by_f1() -> None:
         "consecutive": 2,
         "min_tokens": 16,
         "ema_alpha": 0.5,
+        "answer_label_abort": True,
     }
     rows = [
         {**base, "precision": 0.5, "recall": 0.5, "f1": 0.5, "false_abort_rate": 0.1,

@@ -260,6 +260,7 @@ async def evaluate(
         outcomes = [outcome(r) for r in await replay(settings, cached, sessions, chunk_chars, bar)]
     rows: list[dict[str, Any]] = []
     if sweep:  # the scores are cached: each setting replays the same prefixes through another policy
+        await replay(operating.never_abort(settings), cached, sessions, chunk_chars)  # fill the cache
         for point in tqdm(operating.grid(settings), desc="sweep", unit="setting"):
             got = [
                 outcome(r)

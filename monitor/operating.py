@@ -43,6 +43,22 @@ def grid(settings: Settings) -> list[Point]:
     return sorted(points)
 
 
+def never_abort(settings: Settings) -> Settings:
+    """A policy that lets every session run to its end: one replay with it scores every prefix any setting
+    of the grid can reach, so the sweep itself replays from cached scores only."""
+    policy = settings.policy.model_copy(
+        update={
+            "abort_threshold": 1.0,
+            "answer_abort_threshold": 1.0,
+            "ema_abort": 1.0,
+            "ema_release": min(settings.policy.ema_release, 1.0),
+            "consecutive": 1_000_000,
+            "answer_label_abort": False,
+        }
+    )
+    return settings.model_copy(update={"policy": policy})
+
+
 def apply(settings: Settings, point: Point) -> Settings:
     t, a, e, c, m, alpha, label = point
     policy = settings.policy.model_copy(

@@ -17,7 +17,7 @@ from monitor.training.responses import ADVERSARIAL
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 ROWS = 40  # flagged dev harmful responses checked per note and position
-MAX_FLIP_RATE = 0.10  # the aim is 0 (issue 9); measured in docs/embedded-guard.md, this guards against regressions
+MAX_FLIP_RATE = 0.10  # the aim is 0 (issue 9); measured in docs/embedded-guard.md; guards regressions
 
 
 @pytest.fixture(scope="module")

@@ -200,7 +200,7 @@ def test_unknown_path_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("relative", "count", "harmful"),
     [
-        ("UCSC-VLAA__STAR-1", 484, 0),
+        ("UCSC-VLAA__STAR-1", 466, 0),
         ("JailbreakBench__artifacts", 1637, 937),
         ("yueliu1999__GuardReasoner/data/benchmark/0_A_beaver_tails.json", 3021, 1733),
         ("yueliu1999__GuardReasoner/data/benchmark/0_1_AegisSafetyTest.json", 359, 232),

@@ -17,6 +17,7 @@ POLICY = PolicySettings(
     ema_release=0.4,
     consecutive=2,
     min_tokens=16,
+    answer_label_abort=True,  # the rule table below exercises every rule
 )
 
 

@@ -75,7 +75,7 @@ class GuardSettings(_Section):
 
 
 class PolicySettings(_Section):
-    # Defaults chosen by `qta-monitor eval --sweep` on the dev split (docs/embedded-guard.md, operating point).
+    # Defaults chosen by `qta-monitor eval --sweep` on the dev split (docs/embedded-guard.md).
     action: Literal["abort", "steer"] = "abort"
     action_by_model: dict[str, Literal["abort", "steer"]] = Field(default_factory=dict)
     action_by_tenant: dict[str, Literal["abort", "steer"]] = Field(default_factory=dict)
@@ -87,7 +87,7 @@ class PolicySettings(_Section):
     ema_release: float = Field(default=0.5, ge=0, le=1)  # hysteresis: warning clears below this
     consecutive: int = Field(default=4, ge=1)
     min_tokens: int = Field(default=16, ge=0)
-    answer_label_abort: bool = False  # True: a harmful arg-max label in the answer aborts whatever p_harmful is
+    answer_label_abort: bool = False  # True: an arg-max label 1 in the answer aborts, whatever p_harmful
     escalate_band: tuple[float, float] = (0.35, 0.8)
     steer_prompt: str = (
         "Wait. This line of reasoning could cause real harm. I should not provide this; "

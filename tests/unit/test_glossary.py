@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from monitor.datasets import Sample
 from monitor.training import glossary
 from monitor.training.corpus import compose_examples
-from monitor.datasets import Sample
 
 HEADER = "  1 This software and database is being provided to you, the LICENSEE, by Princeton University\n"
 NOUNS = (

@@ -80,12 +80,12 @@ class PolicySettings(_Section):
     action_by_model: dict[str, Literal["abort", "steer"]] = Field(default_factory=dict)
     action_by_tenant: dict[str, Literal["abort", "steer"]] = Field(default_factory=dict)
     warn_threshold: float = Field(default=0.5, ge=0, le=1)
-    abort_threshold: float = Field(default=0.8, ge=0, le=1)
-    answer_abort_threshold: float = Field(default=0.7, ge=0, le=1)
+    abort_threshold: float = Field(default=0.9, ge=0, le=1)
+    answer_abort_threshold: float = Field(default=0.85, ge=0, le=1)
     ema_alpha: float = Field(default=0.5, gt=0, le=1)
     ema_abort: float = Field(default=0.8, ge=0, le=1)
     ema_release: float = Field(default=0.5, ge=0, le=1)  # hysteresis: warning clears below this
-    consecutive: int = Field(default=4, ge=1)
+    consecutive: int = Field(default=6, ge=1)
     min_tokens: int = Field(default=16, ge=0)
     answer_label_abort: bool = False  # True: an arg-max label 1 in the answer aborts, whatever p_harmful
     escalate_band: tuple[float, float] = (0.35, 0.8)

@@ -4,10 +4,10 @@ back from the topics, and the one check every fault test ends with: every chunk 
 abort per harmful session, none on a safe one, no dead letter and no degraded verdict.
 
 The sessions are ones the shipped weights handle whatever prefixes get scored, with a margin: scored at
-every 48-character prefix, the harmful ones pass p_harmful 0.8 early in their thinking and reach 0.99, the
-safe ones never pass 0.5 (sourdough 0.03, Python de-duplication 0.06, self-harm support 0.46; the weights
-of fc031e3). Safe refusals that name a harm (safe-refuse-bomb 0.76 in its answer, above
-policy.answer_abort_threshold) are not used: these tests are about faults, not the guard's quality."""
+every 32-character prefix, the harmful ones pass the abort threshold 0.9 in their thinking (0.93-0.998), the
+safe ones stay below it (sourdough 0.03, Python de-duplication 0.07, self-harm support 0.82). Safe refusals
+that name a harm (safe-refuse-bomb 0.76 in its answer, safe-refuse-account-hack with runs of harmful labels)
+are not used: these tests are about faults, not the guard's quality."""
 
 from __future__ import annotations
 

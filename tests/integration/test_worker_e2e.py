@@ -236,7 +236,7 @@ async def stack(services: None, tmp_path_factory: pytest.TempPathFactory) -> Asy
 
 # ------------------------------------------------------------------------------------------- tests
 async def test_harm_only_in_thinking_is_aborted_before_the_answer(stack: Stack) -> None:
-    plans = {_sid(name): name for name in ("think-poison-spouse", "think-ransomware-hospital")}
+    plans = {_sid(name): name for name in ("think-car-bomb", "think-ransomware-hospital")}
     chunks = {sid: _plan(SAMPLES[name], sid) for sid, name in plans.items()}
     await asyncio.gather(*(_stream(stack.publisher, c) for c in chunks.values()))
     await _until(lambda: all(stack.events.aborts.get(sid) for sid in plans), SETTLE_S, "the aborts")
@@ -387,9 +387,9 @@ async def test_two_workers_split_partitions_and_one_survives_a_sigkill(
         # (not think-poison-spouse: the shipped weights reach its abort late, so whether it fires depends on
         # where the kill cuts the stream; docs/embedded-guard.md)
         harmful = ["think-gas-attack", "both-threaten-journalist", "both-meth-lab", "think-stalk-ex"]
-        safe = [
+        safe = [  # (not safe-refuse-account-hack: a run of harmful labels at some cut points aborts it)
             "safe-refuse-bomb",
-            "safe-refuse-account-hack",
+            "benign-sourdough",
             "benign-python-dedupe",
             "safe-self-harm-support",
         ]

@@ -41,8 +41,8 @@ async def test_a_worker_rides_out_a_redis_outage(services: None, tmp_path: Path)
     worker = _start_worker(settings, log)
     events, stop = Events(), asyncio.Event()
     collector = asyncio.create_task(_collect(settings, events, stop))
-    sid = _sid("think-poison-spouse")
-    plan = _plan(SAMPLES["think-poison-spouse"], sid)
+    sid = _sid("think-stalk-ex")
+    plan = _plan(SAMPLES["think-stalk-ex"], sid)
     try:
         await _wait_for_group(settings, 1, [log])
         async with TracePublisher(settings) as publisher:

@@ -122,7 +122,7 @@ def allowed(r: dict[str, Any], ceilings: dict[str, float]) -> bool:
     return all(sets[name]["false_abort_rate"] <= rate for name, rate in ceilings.items())
 
 
-SLACK = 0.01  # settings within 1 % of the most harmful sessions aborted count as equally good at catching harm
+SLACK = 0.01  # settings within 1 % of the most harmful sessions aborted catch harm equally well
 
 
 def choose(rows: Sequence[dict[str, Any]], ceilings: dict[str, float]) -> dict[str, Any] | None:

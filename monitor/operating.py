@@ -15,15 +15,7 @@ from monitor.settings import Settings
 
 # (abort_threshold, answer_abort_threshold, ema_abort, consecutive, min_tokens, ema_alpha, answer_label_abort)
 Point = tuple[float, float, float, int, int, float, bool]
-KNOBS = (
-    "abort_threshold",
-    "answer_abort_threshold",
-    "ema_abort",
-    "consecutive",
-    "min_tokens",
-    "ema_alpha",
-    "answer_label_abort",
-)
+KNOBS = report.SWEEP_COLUMNS[: -len(report.SUMMARY_KEYS)]  # the sweep table's knob columns, in Point order
 
 
 def grid(settings: Settings) -> list[Point]:

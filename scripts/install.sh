@@ -34,7 +34,7 @@ for pair in redis-server:redis-server redis-cli:redis-tools tesseract:tesseract-
             java:openjdk-17-jre-headless mvn:maven curl:curl kcat:kcat; do
     command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
 done
-# WordNet's glosses are training data for the embedded guard (monitor/glossary.py); no command to probe.
+# WordNet's glosses are training data for the embedded guard (monitor/training/glossary.py); no command to probe.
 [ -f /usr/share/wordnet/data.noun ] || missing+=(wordnet-base)
 if [ ${#missing[@]} -gt 0 ]; then
     log "apt-get install ${missing[*]}"

@@ -349,6 +349,7 @@ def fit(
     base_name: str = "minilm",
     train_rows: int | None = None,
     eval_sets: bool = True,
+    batch_size: int = 32,
 ) -> dict[str, Any]:
     """LoRA fine-tuning of the encoder + head on the prepared ids; writes adapter + config to `out`.
     `train_rows` trains on a seeded draw of that many rows (a cheaper side-by-side of two bases on the same
@@ -391,7 +392,6 @@ def fit(
         {"params": model.head.parameters(), "lr": 2e-3},
     ]
     optimizer = torch.optim.AdamW(params, weight_decay=0.01)
-    batch_size = 32
     steps = epochs * ((len(rows) + batch_size - 1) // batch_size)
     schedule = get_linear_schedule_with_warmup(optimizer, int(0.06 * steps), steps)  # type: ignore[no-untyped-call]
     rng = random.Random(seed)
@@ -527,6 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--limit", type=int, default=None, help="rows per split, for a smoke run")
     f.add_argument("--train-rows", type=int, default=None, help="train on a seeded draw of this many rows")
     f.add_argument("--no-eval-sets", action="store_true", help="skip the evaluation sets at the end")
+    f.add_argument("--batch-size", type=int, default=32, help="rows per step (smaller: less memory)")
     d = sub.add_parser("devsets", help="write the dev split as streaming sessions, one JSONL per source")
     d.add_argument("--data", type=Path, default=Path("../shared/data"), help="the shared data folder")
     d.add_argument("--out", type=Path, required=True, help="folder for <source>-dev.jsonl")
@@ -555,6 +556,7 @@ def main(argv: list[str] | None = None) -> int:
             base_name=name,
             train_rows=args.train_rows,
             eval_sets=not args.no_eval_sets,
+            batch_size=args.batch_size,
         )
     )
     return 0

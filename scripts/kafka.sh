@@ -82,31 +82,7 @@ EOF
     if [ -n "${QTA_KAFKA_EXTRA_CONFIG:-}" ]; then
         { echo "# from $QTA_KAFKA_EXTRA_CONFIG"; cat "$QTA_KAFKA_EXTRA_CONFIG"; } >>"$DIR/server.properties"
     fi
-    cat >"$DIR/log4j2.properties" <<EOF
-status = warn
-shutdownHook = disable
-appender.file.type = RollingFile
-appender.file.name = file
-appender.file.fileName = $LOG
-appender.file.filePattern = $LOG.%i
-appender.file.layout.type = PatternLayout
-appender.file.layout.pattern = [%d] %p %m (%c)%n
-appender.file.policies.type = Policies
-appender.file.policies.size.type = SizeBasedTriggeringPolicy
-appender.file.policies.size.size = 10MB
-appender.file.strategy.type = DefaultRolloverStrategy
-appender.file.strategy.max = 2
-rootLogger.level = INFO
-rootLogger.appenderRef.file.ref = file
-logger.config.name = org.apache.kafka.common.config
-logger.config.level = WARN
-logger.request.name = kafka.request.logger
-logger.request.level = WARN
-logger.state.name = state.change.logger
-logger.state.level = WARN
-logger.clients.name = org.apache.kafka.clients
-logger.clients.level = WARN
-EOF
+    write_kafka_log4j "$DIR/log4j2.properties" "$LOG"
 }
 
 start() {

@@ -24,3 +24,33 @@ reap() {
     kill -KILL "$pid" 2>/dev/null || true
     rm -f "$PIDFILE"
 }
+
+# write_kafka_log4j FILE LOG: the broker's log4j2 config (one rolling LOG file, client and state-change chatter
+# at WARN), shared by the single node (kafka.sh) and the cluster (kafka-cluster.sh).
+write_kafka_log4j() {
+    sed "s:@LOG@:$2:" >"$1" <<'EOF'
+status = warn
+shutdownHook = disable
+appender.file.type = RollingFile
+appender.file.name = file
+appender.file.fileName = @LOG@
+appender.file.filePattern = @LOG@.%i
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+appender.file.policies.type = Policies
+appender.file.policies.size.type = SizeBasedTriggeringPolicy
+appender.file.policies.size.size = 10MB
+appender.file.strategy.type = DefaultRolloverStrategy
+appender.file.strategy.max = 2
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = file
+logger.config.name = org.apache.kafka.common.config
+logger.config.level = WARN
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+logger.state.name = state.change.logger
+logger.state.level = WARN
+logger.clients.name = org.apache.kafka.clients
+logger.clients.level = WARN
+EOF
+}

@@ -80,14 +80,11 @@ def auroc(logits: Any, rows: list[Any]) -> float:
     """Harmful vs the rest, ranked by the harmful logit's margin: threshold-free, unlike F1."""
     import torch
 
+    from monitor.training.fit import auroc as rank_auroc
+
     margin = logits[:, 2] - torch.logsumexp(logits[:, :2], dim=-1)
-    ranks = torch.empty(len(rows))
-    ranks[torch.argsort(margin)] = torch.arange(1, len(rows) + 1, dtype=torch.float)
-    positive = torch.tensor([r[1] == 2 for r in rows])
-    pos, neg = int(positive.sum()), len(rows) - int(positive.sum())
-    if not pos or not neg:
-        return float("nan")
-    return float((ranks[positive].sum() - pos * (pos + 1) / 2) / (pos * neg))
+    area = rank_auroc(margin.tolist(), [r[1] == 2 for r in rows])
+    return float("nan") if area is None else area
 
 
 def adversarial_report(guard: Any, limit: int) -> None:
@@ -97,7 +94,7 @@ def adversarial_report(guard: Any, limit: int) -> None:
     from monitor.guards.base import Prefix
     from monitor.settings import Settings
     from monitor.training.devsets import dev_sessions
-    from monitor.training.responses import ADVERSARIAL
+    from monitor.training.responses import ADVERSARIAL, place
 
     threshold = Settings().policy.abort_threshold
     sets = dev_sessions(ROOT.parent / "shared/data")
@@ -109,22 +106,13 @@ def adversarial_report(guard: Any, limit: int) -> None:
     for note in ADVERSARIAL["held_out"]:
         flips = 0
         for where in ("start", "middle", "end"):
-            texts = [_place(s.answer, note, where) for s in flagged]
+            texts = [place(s.answer, note, where) for s in flagged]
             got = guard.score(
                 [Prefix(s.id, s.question, answer=t) for s, t in zip(flagged, texts, strict=True)]
             )
             flips += sum(x.p_harmful < threshold for x in got)
         rate = flips / (3 * len(flagged)) if flagged else 0.0
         print(f"  flip rate {rate:.3f} ({flips} of {3 * len(flagged)}): {note!r}")
-
-
-def _place(text: str, note: str, where: str) -> str:
-    if where == "start":
-        return f"{note}\n{text}"
-    if where == "end":
-        return f"{text}\n{note}"
-    mid = len(text) // 2
-    return f"{text[:mid]} {note} {text[mid:]}"
 
 
 def figstep_report(guard: Any) -> None:

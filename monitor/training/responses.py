@@ -36,6 +36,15 @@ def insert(text: str, note: str, rng: random.Random) -> str:
     return f"{text[:cut]} {note} {text[cut:].lstrip()}"
 
 
+def place(text: str, note: str, where: str) -> str:
+    """`note` at the start, the exact middle or the end: the fixed positions the flip rate is measured at."""
+    if where == "start":
+        return f"{note}\n{text}"
+    if where == "end":
+        return f"{text}\n{note}"
+    return f"{text[: len(text) // 2]} {note} {text[len(text) // 2 :]}"
+
+
 def adversarial(ex: Example, rng: random.Random, notes: list[str] | None = None) -> Example:
     """The same example with guard-addressed text in its trace; its label does not change."""
     note = rng.choice(notes or ADVERSARIAL["train"])

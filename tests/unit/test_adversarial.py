@@ -13,7 +13,7 @@ from monitor.guards.base import Prefix
 from monitor.guards.minilm import MiniLMGuard
 from monitor.settings import Settings
 from monitor.training.devsets import dev_sessions
-from monitor.training.responses import ADVERSARIAL
+from monitor.training.responses import ADVERSARIAL, place
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 ROWS = 40  # flagged dev harmful responses checked per note and position
@@ -33,14 +33,6 @@ def flagged() -> tuple[MiniLMGuard, list[Prefix]]:
     return guard, kept
 
 
-def _place(text: str, note: str, where: str) -> str:
-    if where == "start":
-        return f"{note}\n{text}"
-    if where == "end":
-        return f"{text}\n{note}"
-    return f"{text[: len(text) // 2]} {note} {text[len(text) // 2 :]}"
-
-
 @pytest.mark.parametrize("where", ["start", "middle", "end"])
 def test_held_out_notes_flip_almost_no_flagged_harmful_response(
     flagged: tuple[MiniLMGuard, list[Prefix]], where: str
@@ -48,6 +40,6 @@ def test_held_out_notes_flip_almost_no_flagged_harmful_response(
     guard, kept = flagged
     threshold = Settings().policy.abort_threshold
     for note in ADVERSARIAL["held_out"]:
-        batch = [Prefix(p.session_id, p.question, answer=_place(p.answer, note, where)) for p in kept]
+        batch = [Prefix(p.session_id, p.question, answer=place(p.answer, note, where)) for p in kept]
         flips = sum(x.p_harmful < threshold for x in guard.score(batch))
         assert flips / len(kept) <= MAX_FLIP_RATE, f"{flips} of {len(kept)} flipped by {note!r} at {where}"

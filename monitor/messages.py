@@ -68,7 +68,15 @@ DeadLetterReason = Literal[
     "no_question",
     "gap",
     "oversized",
+    "session_reused",
+    "after_end",
 ]
+
+
+EPOCH = (
+    "how often this session id had been restarted before (seq 1 again with other content); ids of events of "
+    "epoch > 0 carry it"
+)
 
 
 class _Wire(BaseModel):
@@ -116,6 +124,9 @@ class Chunk(_Wire):
     images: tuple[ImageRef, ...] = ()
     model: str | None = None
     tenant: str | None = None
+    request_id: Annotated[str, Field(max_length=256)] | None = Field(
+        default=None, description="the serving stack's own request id; carried to the session's abort"
+    )
     ts: Float = Field(default_factory=time.time, description="producer timestamp, unix seconds")
 
 
@@ -139,6 +150,7 @@ class Verdict(_Wire):
     truncated: StrictBool = Field(default=False, description="prefix exceeded the token limit; tail kept")
     degraded: StrictBool = Field(default=False, description="a gap in seq never filled")
     chunk_ts: Float = Field(description="producer timestamp of the newest chunk covered")
+    epoch: Int = Field(default=0, description=EPOCH)
     ts: Float = Field(default_factory=time.time)
 
 
@@ -159,7 +171,12 @@ class Abort(_Wire):
     steer_prompt: str | None = None
     model: str | None = None
     tenant: str | None = None
+    request_id: str | None = None
     chunk_ts: Float
+    epoch: Int = Field(default=0, description=EPOCH)
+    final: StrictBool = Field(
+        default=False, description="fired at the session's end: retract or redact what was already shown"
+    )
     ts: Float = Field(default_factory=time.time)
 
 
@@ -253,9 +270,11 @@ def decode_dead_letter(raw: bytes) -> DeadLetter | DecodeError:
     return _decode(raw, DeadLetter)
 
 
-def event_id(kind: str, session_id: str, seq: int) -> str:
-    """Deterministic id: the same (kind, session, seq) always names the same event, so replays dedupe."""
-    digest = hashlib.sha256(f"{kind}\x00{session_id}\x00{seq}".encode()).hexdigest()
+def event_id(kind: str, session_id: str, seq: int, epoch: int = 0) -> str:
+    """Deterministic id: the same (kind, session, seq, epoch) always names the same event, so replays
+    dedupe. Epoch 0 keeps the ids of before epochs existed."""
+    what = f"{kind}\x00{session_id}\x00{seq}" + (f"\x00{epoch}" if epoch else "")
+    digest = hashlib.sha256(what.encode()).hexdigest()
     return f"{kind}-{digest[:24]}"
 
 

@@ -3,13 +3,31 @@ optional JSON/TOML file, then passed down explicitly. Nothing else in the packag
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 
 class _Section(BaseModel):
@@ -113,10 +131,26 @@ class BatchingSettings(_Section):
     gap_timeout_s: float = Field(default=5.0, gt=0)
 
 
+_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+
+
 class TelemetrySettings(_Section):
     metrics_port: int = Field(default=9464, ge=0, le=65535)  # 0 = no /metrics endpoint
+    # Address /metrics, /ready and /live listen on: 0.0.0.0 (all IPv4 interfaces) for a pod or container,
+    # 127.0.0.1 for a worker that only a local Prometheus scrapes, :: for all IPv6 (and mapped IPv4).
+    metrics_host: str = "0.0.0.0"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     service_name: str = "qta-monitor"
+
+    @field_validator("metrics_host")
+    @classmethod
+    def _host(cls, host: str) -> str:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if len(host) > 253 or not _HOSTNAME.fullmatch(host):
+                raise ValueError(f"not an IP address or host name: {host!r}") from None
+        return host
 
 
 class Settings(BaseSettings):
@@ -145,32 +179,89 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # env beats the file (passed as init kwargs), so a deployment can override one field.
-        return (env_settings, init_settings)
+        return (_EnvSource(settings_cls), init_settings)
 
 
 class ConfigError(Exception):
     """Invalid configuration; the message names the offending field."""
 
 
+class _NotJson(ValueError):
+    """A MONITOR_ variable of a list, tuple or table field that is not JSON; `path` is the field's."""
+
+    def __init__(self, path: tuple[str, ...], reason: str) -> None:
+        super().__init__(reason)
+        self.path = path
+
+
+class _EnvSource(EnvSettingsSource):
+    """pydantic-settings' env source, except that a value it cannot decode names its field: the library's
+    own error names only the section ('error parsing value for field "policy"')."""
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except ValueError as exc:
+            raise _NotJson((field_name,), str(exc)) from exc
+
+    def prepare_field_value(
+        self, field_name: str, field: FieldInfo, value: Any, value_is_complex: bool
+    ) -> Any:
+        try:
+            return super().prepare_field_value(field_name, field, value, value_is_complex)
+        except _NotJson as exc:
+            if exc.path != (field_name,):  # a field of the section, not the whole section as one variable
+                exc.path = (field_name, *exc.path)
+            raise
+
+
+def _env_name(path: tuple[str, ...]) -> str:
+    return "MONITOR_" + "__".join(path).upper()
+
+
+def _where(path: tuple[str, ...]) -> str:
+    """The field, and its MONITOR_ variable when that is set (then it is where the value came from)."""
+    name = _env_name(path)
+    from_env = any(key.upper() == name for key in os.environ)
+    return f"{'.'.join(path) or '<root>'}{f' ({name})' if from_env else ''}"
+
+
 def _read_file(path: Path) -> dict[str, Any]:
-    text = path.read_text(encoding="utf-8")
-    data: Any = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    try:
+        text = path.read_text(encoding="utf-8")
+        data: Any = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # JSON and TOML decode errors are ValueErrors
+        raise ConfigError(f"{path}: cannot read the config file: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the config file must hold a table/object at the top level")
     return data
 
 
 def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
-    """Build the settings once: file (if any) < explicit overrides < environment."""
+    """Build the settings once: file (if any) < explicit overrides < environment. ConfigError (one line,
+    naming each offending field and its MONITOR_ variable where that is set) for anything invalid."""
     data: dict[str, Any] = _read_file(path) if path is not None else {}
     data.update(overrides)
     try:
         return Settings(**data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"invalid configuration: {problems}") from exc
+        raise ConfigError(f"invalid configuration: {problems(exc)}") from exc
+    except SettingsError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, _NotJson):
+            raise ConfigError(
+                f"invalid configuration: {_where(cause.path)}: not JSON, which a list, tuple or table takes "
+                f"(e.g. '[0.35, 0.8]' or '{{\"qwen3-8b\": \"steer\"}}'): {cause}"
+            ) from exc
+        raise ConfigError(f"invalid configuration: {exc}") from exc
+
+
+def problems(exc: ValidationError) -> str:
+    """A validation error as one line: `section.field (MONITOR_SECTION__FIELD): message; ...`."""
+    return "; ".join(
+        f"{_where(tuple(str(p) for p in err['loc']))}: {err['msg']}".replace("\n", " ")
+        for err in exc.errors()
+    )
 
 
 def masked(settings: Settings) -> dict[str, Any]:

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -90,6 +93,43 @@ def test_an_invalid_config_is_a_usage_error(
     assert "kafka.request_timeout_s" in capsys.readouterr().err
     monkeypatch.setenv("MONITOR_POLICY__CONSECUTIVE", "0")
     assert main(["config"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "field"),
+    [
+        ("MONITOR_POLICY__CONSECUTIVE", "three", "policy.consecutive"),
+        ("MONITOR_POLICY__ABORT_THRESHOLD", "1.5", "policy.abort_threshold"),
+        ("MONITOR_POLICY__ESCALATE_BAND", "0.3,0.8", "policy.escalate_band"),  # not JSON: the library's own
+        ("MONITOR_IMAGES__ALLOWED_FORMATS", "PNG", "images.allowed_formats"),  # error named only the section
+        ("MONITOR_TELEMETRY__METRICS_HOST", "not a host", "telemetry.metrics_host"),
+        ("MONITOR_KAFKA__BOOTSTRAPP", "broker:9092", "kafka.bootstrapp"),
+    ],
+)
+def test_a_bad_monitor_variable_exits_2_with_one_line_naming_the_field(
+    variable: str, value: str, field: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("MONITOR_")} | {variable: value}
+    done = subprocess.run(
+        [sys.executable, "-m", "monitor", "config"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("qta-monitor: invalid configuration: "), lines[0]
+    assert f"{field} ({variable})" in lines[0]
+
+
+def test_an_unreadable_config_file_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[kafka\n")
+    for path in (broken, tmp_path / "missing.json"):
+        assert main(["--config", str(path), "config"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(path) in err, err
 
 
 def test_config_prints_the_effective_settings(capsys: pytest.CaptureFixture[str]) -> None:

@@ -101,6 +101,13 @@ def _eval(settings: Settings, args: argparse.Namespace) -> int:
     )
 
 
+DESCRIPTION = """\
+Streaming safety monitor for the question-thinking-answer traces of reasoning models. A serving stack
+publishes each session's chunks to Kafka; `serve` runs a worker that scores them with a guard as they
+arrive and publishes verdicts, and an abort (or steer) as soon as a session turns harmful, so the stack can
+stop the model mid-thought. The other commands create the topics, replay and watch sessions, score,
+evaluate and train guards."""
+
 EXIT_CODES = """exit codes:
   0  the command did what it was asked
   1  it failed: a service it needs (Kafka, Redis) is down or refused, or the work itself failed
@@ -118,7 +125,7 @@ class _Help(argparse.RawDescriptionHelpFormatter):
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qta-monitor",
-        description=__doc__.splitlines()[0],
+        description=DESCRIPTION,
         epilog=EXIT_CODES,
         formatter_class=_Help,
     )
@@ -204,7 +211,10 @@ def _parser() -> argparse.ArgumentParser:
         help="stop after this many seconds (default: run until interrupted)",
     )
     p.add_argument(
-        "--aborts-only", action="store_true", help="print aborts only, no verdicts or dead letters"
+        "--aborts-only",
+        action="store_true",
+        help="print only the aborts and steers (topic topics.aborts), no verdicts or dead letters "
+        "(default: all three)",
     )
     p = add("demo", _demo, "start Kafka + Redis, a worker, replay the bundled samples, summarise")
     p.add_argument(

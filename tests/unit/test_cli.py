@@ -52,6 +52,16 @@ def test_every_argument_and_option_has_help_and_says_its_default(
     assert parser.epilog == EXIT_CODES, f"{name}: the exit codes are not in its help"
 
 
+def test_the_top_help_opens_with_what_the_tool_does_for_a_user() -> None:
+    description = _parser().description or ""
+    first_sentence = description.split(". ")[0]
+    assert first_sentence.startswith("Streaming safety monitor"), description
+    assert description.rstrip().endswith("."), "the description is cut off"
+    for word in ("Kafka", "serve", "verdicts", "abort"):
+        assert word in description
+    assert "handler" not in description and "Each builds" not in description  # not the module docstring
+
+
 def test_help_renders_for_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     for command in ["", *_commands(_parser())]:
         with pytest.raises(SystemExit) as exit_:

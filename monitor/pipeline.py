@@ -46,6 +46,7 @@ from monitor.session import (
     mark_aborted,
     mark_saved,
     mark_scored,
+    mark_steered,
     revive,
 )
 from monitor.settings import Settings
@@ -69,9 +70,10 @@ class Incoming:
 @dataclass(frozen=True, slots=True)
 class StepResult:
     verdicts: list[Verdict]
-    aborts: list[Abort]
+    aborts: list[Abort]  # new aborts and steers
     dead_letters: list[DeadLetter]
     scored_tokens: int
+    repeats: list[Abort] = field(default_factory=list)  # aborts published again: chunks came after them
 
 
 @dataclass(slots=True)
@@ -83,6 +85,8 @@ class _Out:
     dead: list[DeadLetter] = field(default_factory=list)
     scored_tokens: int = 0
     forget: list[str] = field(default_factory=list)
+    reabort: set[str] = field(default_factory=set)  # aborted sessions that got chunks anyway
+    restarted: list[str] = field(default_factory=list)  # new epochs: guards forget the old one first
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +142,7 @@ class Pipeline:
                 total.aborts + result.aborts,
                 total.dead_letters + result.dead_letters,
                 total.scored_tokens + result.scored_tokens,
+                total.repeats + result.repeats,
             )
             if not result.verdicts:
                 return total
@@ -195,6 +200,8 @@ class Pipeline:
         if chosen:
             await self._score_and_decide(list(chosen), live, dirty, out)
 
+        repeats = self._repeats(out, live)
+
         # keep the step: nothing above touched self until here
         if out.forget:
             await self._run(self._forget, out.forget)
@@ -207,7 +214,21 @@ class Pipeline:
             await self.save()
         telemetry.sessions_live.set(len(self._live))
         telemetry.pending_sessions.set(self.pending_sessions)
-        return StepResult(out.verdicts, out.aborts, out.dead, out.scored_tokens)
+        return StepResult(out.verdicts, out.aborts, out.dead, out.scored_tokens, repeats)
+
+    @staticmethod
+    def _repeats(out: _Out, live: dict[str, SessionState]) -> list[Abort]:
+        """An aborted session stays aborted: its abort again (same event id, same bytes) for a stack that
+        kept streaming or came back under the same id; once per step and session."""
+        fresh = {a.session_id for a in out.aborts}
+        repeats = []
+        for sid in sorted(out.reabort - fresh):
+            record = live[sid].abort_record
+            if record is None:  # aborted by a worker that kept no record of it
+                log.warning("session %s is aborted but its abort was not kept; not repeated", sid)
+                continue
+            repeats.append(Abort.model_validate_json(record))
+        return repeats
 
     def _fold(
         self,
@@ -220,10 +241,20 @@ class Pipeline:
     ) -> None:
         chunk, sid = item.chunk, item.chunk.session_id
         telemetry.chunks.add(1, {"part": chunk.part})
-        folded = fold(live.get(sid) or SessionState(sid), chunk, now, self._limits)
-        if folded.ignored != "duplicate":
+        folded = fold(live.get(sid) or SessionState(sid), chunk, now, self._limits, item.offset)
+        if folded.ignored != "duplicate" or folded.rejected:
             live[sid] = folded.state
             dirty.add(sid)
+        if folded.reabort:
+            out.reabort.add(sid)
+        if folded.restarted:
+            log.warning(
+                "session %s restarted (seq 1 again, other content): epoch %d is scored from scratch",
+                sid,
+                folded.state.epoch,
+            )
+            telemetry.sessions_restarted.add(1)
+            out.restarted.append(sid)
         self._where[sid] = (item.topic, item.partition)
         self._touched[sid] = now
         # a question folded in order is done once saved; anything else waits for its score
@@ -235,6 +266,9 @@ class Pipeline:
     async def _score_and_decide(
         self, chosen: list[str], live: dict[str, SessionState], dirty: set[str], out: _Out
     ) -> None:
+        if out.restarted:  # an incremental guard must not extend what it held for the old epoch
+            await self._run(self._forget, out.restarted)
+            out.restarted = []
         results: list[_Scored] = await self._run(self._score, [live[sid] for sid in chosen])
         for sid, done in zip(chosen, results, strict=True):
             verdict, abort, state = await self._decide(live[sid], done)
@@ -244,18 +278,19 @@ class Pipeline:
             out.scored_tokens += done.score.tokens_read
             if abort is not None:
                 out.aborts.append(abort)
-                out.forget.append(sid)
+                if abort.action == "abort":
+                    out.forget.append(sid)
 
     async def _decide(self, state: SessionState, done: _Scored) -> tuple[Verdict, Abort | None, SessionState]:
         policy = self._settings.policy
-        score, sid, seq = done.score, state.session_id, state.folded_seq
+        score, sid, seq, epoch = done.score, state.session_id, state.folded_seq, state.epoch
         part = scored_part(state.part, bool(state.answer))
-        decision = decide(policy, state.policy, score, part, state.tokens)
+        decision = decide(policy, state.policy, score, part, state.tokens - state.steer_tokens)
         point = ScorePoint(seq, score.p_harmful, score.label, done.guard.name)
         state = replace(state, image_text=done.image_text, ocr_images=done.ocr_images)
         state = mark_scored(state, point, decision.state)
         verdict = Verdict(
-            event_id=event_id("verdict", sid, seq),
+            event_id=event_id("verdict", sid, seq, epoch),
             session_id=sid,
             seq=seq,
             part=state.part,
@@ -272,16 +307,19 @@ class Pipeline:
             truncated=state.truncated,
             degraded=state.degraded,
             chunk_ts=state.chunk_ts,
+            epoch=epoch,
         )
         if decision.status != "abort":
             return verdict, None, state
-        eid = event_id("abort", sid, seq)
-        if not await self._store.claim_abort(sid, eid):
-            # Another worker (or this session before a crash) claimed the abort first. Re-publish under the
+        # One steer at most: a session that trends harmful again after it is aborted.
+        action = action_for(policy, state.model, state.tenant) if state.steer_event_id is None else "abort"
+        kind = action + (f":{epoch}" if epoch else "")
+        eid = event_id(action, sid, seq, epoch)
+        if not await self._store.claim_abort(sid, eid, kind):
+            # Another worker (or this session before a crash) claimed it first. Re-publish under the
             # claimed id: if it was published, consumers drop it as a duplicate; if the publish was lost,
-            # this is it. Either way there is one abort event id per session.
-            eid = await self._store.claimed_abort(sid) or eid
-        action = action_for(policy, state.model, state.tenant)
+            # this is it. Either way there is one abort (and one steer) event id per session.
+            eid = await self._store.claimed_abort(sid, kind) or eid
         abort = Abort(
             event_id=eid,
             session_id=sid,
@@ -296,12 +334,16 @@ class Pipeline:
             steer_prompt=policy.steer_prompt if action == "steer" else None,
             model=state.model,
             tenant=state.tenant,
+            request_id=state.request_id,
             chunk_ts=state.chunk_ts,
+            epoch=epoch,
         )
         self._explain[eid] = (done.guard, done.prefix)
         while len(self._explain) > EXPLAIN_KEPT:
             self._explain.popitem(last=False)
-        return verdict, abort, mark_aborted(state, eid)
+        if action == "steer":
+            return verdict, abort, mark_steered(state, eid)
+        return verdict, abort, mark_aborted(state, eid, encode(abort).decode())
 
     def _dead(self, rejected: Rejected, sid: str, topic: str, partition: int, offset: int) -> DeadLetter:
         raw = encode(rejected.chunk) if rejected.chunk is not None else b""

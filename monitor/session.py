@@ -5,13 +5,23 @@ Token estimate: `estimate_tokens` is a cheap heuristic, max(whitespace-separated
 good to about 20 % on English BPE tokenizers and never below one token per word. It drives strides and
 limits only; guards report the tokens they actually read.
 
+A session id names one generation. Seeing it again is never silent (README, "Session ids"): a chunk with
+seq 1 whose content differs from the seq 1 already folded (a retried request keeps its id; the SDK stamps a
+fresh `ts`) starts a new *epoch* of the session, scored from scratch, whose events carry the epoch; the same
+content at another Kafka offset cannot be told from a producer's duplicate and is dead-lettered
+`session_reused`. An aborted session stays aborted: every later chunk asks for its abort again
+(`Folded.reabort`). A chunk after `end` is dead-lettered `after_end`.
+
 The token limit keeps each part's tail: a part longer than `guard.max_tokens * CHARS_PER_TOKEN` characters
 drops its head and the session is marked `truncated`, which its verdicts repeat."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field, replace
 from typing import Literal
+
+import orjson
 
 from monitor.messages import Chunk, DeadLetterReason, ImageRef, Part
 from monitor.policy import PolicyState
@@ -19,6 +29,15 @@ from monitor.settings import Settings
 
 CHARS_PER_TOKEN = 4
 Status = Literal["open", "ended", "aborted"]
+
+
+def fingerprint(chunk: Chunk) -> str:
+    """What tells a restarted session from a redelivered chunk: the chunk's fields as they came (a field
+    left to its default, such as a missing `ts`, does not count, so a redelivery always matches)."""
+    fields = chunk.model_dump(mode="json", exclude_defaults=True, exclude={"v", "ts"})
+    if "ts" in chunk.model_fields_set:
+        fields["ts"] = chunk.ts
+    return hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
 
 
 def estimate_tokens(text: str) -> int:
@@ -46,6 +65,7 @@ class Unsaved:
     answer: str = ""
     images: tuple[ImageRef, ...] = ()
     scores: tuple[ScorePoint, ...] = ()
+    reset: bool = False  # a new epoch began: the store rewrites the session instead of appending
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +100,13 @@ class SessionState:
     scored_part: Part = "question"
     policy: PolicyState = field(default_factory=PolicyState)
     abort_event_id: str | None = None
+    abort_record: str | None = None  # the published abort (JSON), published again for any later chunk
+    steer_event_id: str | None = None  # a steered session goes on being monitored; a second firing aborts
+    steer_tokens: int = 0  # `tokens` when it was steered: min_tokens counts again from there
+    epoch: int = 0  # restarts of this session id so far (seq 1 again with other content)
+    origin: str = ""  # fingerprint of this epoch's seq 1
+    origin_offset: int = -1  # Kafka offset of this epoch's seq 1 (-1: unknown)
+    request_id: str | None = None
     unsaved: Unsaved = field(default_factory=Unsaved)
 
     @property
@@ -120,15 +147,19 @@ class Folded:
     state: SessionState
     rejected: tuple[Rejected, ...] = ()
     ignored: Literal["duplicate", "late"] | None = None
+    reabort: bool = False  # the session is aborted and a chunk came anyway: publish its abort again
+    restarted: bool = False  # this chunk began a new epoch (forget what guards hold for the old one)
 
 
 def _tail(text: str, limit: int) -> str:
     return text[-limit:] if len(text) > limit else text
 
 
-def _apply(state: SessionState, chunk: Chunk, now: float, limits: FoldLimits) -> Folded:
+def _apply(state: SessionState, chunk: Chunk, now: float, limits: FoldLimits, offset: int = -1) -> Folded:
     """Fold the chunk whose seq is next."""
     state = replace(state, next_seq=chunk.seq + 1)
+    if chunk.seq == 1:
+        state = replace(state, origin=fingerprint(chunk), origin_offset=offset)
     if chunk.part != "question" and not state.has_question:
         error = f"{chunk.part} chunk seq {chunk.seq} for a session that never sent a question"
         return Folded(state, (Rejected("no_question", error, chunk),))
@@ -139,6 +170,7 @@ def _apply(state: SessionState, chunk: Chunk, now: float, limits: FoldLimits) ->
         "chunk_ts": chunk.ts,
         "model": chunk.model or state.model,
         "tenant": chunk.tenant or state.tenant,
+        "request_id": chunk.request_id or state.request_id,
     }
     if chunk.images:
         changes["images"] = state.images + chunk.images
@@ -180,6 +212,8 @@ def _drain(folded: Folded, now: float, limits: FoldLimits) -> Folded:
         # chunks after `end` count as late; an ended session keeps no buffer
         late = len(state.pending)
         last = state.pending[-1].seq
+        if state.status == "ended":
+            rejected += [_after_end(state, c) for c in state.pending]
         state = replace(state, pending=(), late_chunks=state.late_chunks + late, next_seq=last + 1)
     gap_since = None if not state.pending else (state.gap_since if state.gap_since is not None else now)
     return Folded(replace(state, gap_since=gap_since), tuple(rejected), folded.ignored)
@@ -194,14 +228,51 @@ def _skip_gap(state: SessionState, now: float, limits: FoldLimits, why: str) -> 
     return Folded(drained.state, (gap, *drained.rejected))
 
 
-def fold(state: SessionState, chunk: Chunk, now: float, limits: FoldLimits) -> Folded:
-    """Fold one chunk of this session. Never raises on data; what cannot be used comes back in `rejected`."""
+def _after_end(state: SessionState, chunk: Chunk) -> Rejected:
+    error = (
+        f"seq {chunk.seq} of session {state.session_id} came after its end (seq {state.folded_seq}); not "
+        "scored: a new generation needs a new session id"
+    )
+    return Rejected("after_end", error, chunk)
+
+
+def _reused(state: SessionState, chunk: Chunk, now: float, limits: FoldLimits, offset: int) -> Folded:
+    """Seq 1 again for a session that has one: a new epoch, unless it cannot be told from a duplicate."""
+    counted = replace(state, late_chunks=state.late_chunks + 1)
+    if fingerprint(chunk) == state.origin:
+        error = (
+            f"seq 1 of session {state.session_id} arrived again at offset {offset} (first at "
+            f"{state.origin_offset}) with the same content; not scored: a new generation needs a new "
+            "session id (or a fresh `ts`)"
+        )
+        return Folded(counted, (Rejected("session_reused", error, chunk),), ignored="duplicate")
+    fresh = SessionState(
+        state.session_id, stored_seq=state.stored_seq, epoch=state.epoch + 1, unsaved=Unsaved(reset=True)
+    )
+    step = _drain(_apply(fresh, chunk, now, limits, offset), now, limits)
+    return replace(step, restarted=True)
+
+
+def fold(state: SessionState, chunk: Chunk, now: float, limits: FoldLimits, offset: int = -1) -> Folded:
+    """Fold one chunk of this session. Never raises on data; what cannot be used comes back in `rejected`.
+    `offset` is the chunk's Kafka offset where known (-1 otherwise)."""
+    restart = False
+    if chunk.seq == 1 and state.origin and state.next_seq > 1:
+        again = fingerprint(chunk) != state.origin
+        elsewhere = offset >= 0 and state.origin_offset >= 0 and offset != state.origin_offset
+        restart = again or elsewhere
+    if state.status == "aborted" and (restart or chunk.seq >= state.next_seq):
+        # a stack streaming on, or regenerating under the id, gets the abort again (a redelivery does not)
+        late = replace(state, late_chunks=state.late_chunks + 1, next_seq=max(state.next_seq, chunk.seq + 1))
+        return Folded(late, ignored="late", reabort=True)
+    if restart:
+        return _reused(state, chunk, now, limits, offset)
     if chunk.seq < state.next_seq or any(p.seq == chunk.seq for p in state.pending):
         return Folded(state, ignored="duplicate")
     if state.status != "open":
-        # aborted or ended: counted, never scored; next_seq still advances so a replay stays a duplicate
+        # ended: counted, never scored; next_seq still advances so a replay stays a duplicate
         late = replace(state, late_chunks=state.late_chunks + 1, next_seq=max(state.next_seq, chunk.seq + 1))
-        return Folded(late, ignored="late")
+        return Folded(late, (_after_end(state, chunk),), ignored="late")
     if chunk.seq > state.next_seq:
         pending = tuple(sorted((*state.pending, chunk), key=lambda c: c.seq))
         gap_since = state.gap_since if state.gap_since is not None else now
@@ -209,7 +280,7 @@ def fold(state: SessionState, chunk: Chunk, now: float, limits: FoldLimits) -> F
         if len(pending) > limits.reorder_window:
             return _skip_gap(state, now, limits, f"more than {limits.reorder_window} chunks waited behind it")
         return Folded(state)
-    return _drain(_apply(state, chunk, now, limits), now, limits)
+    return _drain(_apply(state, chunk, now, limits, offset), now, limits)
 
 
 def expire(state: SessionState, now: float, limits: FoldLimits, force: bool = False) -> Folded:
@@ -247,8 +318,20 @@ def mark_scored(state: SessionState, point: ScorePoint, policy: PolicyState) -> 
     )
 
 
-def mark_aborted(state: SessionState, event_id: str) -> SessionState:
-    return replace(state, status="aborted", abort_event_id=event_id, unscored_since=None, pending=())
+def mark_aborted(state: SessionState, event_id: str, record: str | None = None) -> SessionState:
+    return replace(
+        state,
+        status="aborted",
+        abort_event_id=event_id,
+        abort_record=record,
+        unscored_since=None,
+        pending=(),
+    )
+
+
+def mark_steered(state: SessionState, event_id: str) -> SessionState:
+    """A steer does not end the session: monitoring goes on from a fresh policy state."""
+    return replace(state, steer_event_id=event_id, steer_tokens=state.tokens, policy=PolicyState())
 
 
 def mark_saved(state: SessionState) -> SessionState:

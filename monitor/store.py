@@ -8,7 +8,12 @@ with the TTL refreshed on every write:
     qm:{sid}:q|t|a   question / thinking / answer text
     qm:{sid}:scores  recent scores (JSON, capped at redis.scores_kept)
     qm:{sid}:img     image references (JSON), in arrival order
-    qm:{sid}:abort   the event id of the session's one abort (SET NX)
+    qm:{sid}:abort   the event id of the session's one abort (SET NX); `abort:<epoch>` after a restart,
+                     `steer` / `steer:<epoch>` for its one steer
+
+The meta record carries `state_version`. Loading is tolerant in both directions, so workers of two releases
+can share sessions during a rolling deploy: a field this code does not know is ignored, a field it knows but
+the record lacks takes its default.
 
 A save appends what was folded since the last save, and only when the stored `next_seq` still equals the
 `stored_seq` the caller started from: a replay or a stale worker is a no-op, reported back as a conflict.
@@ -19,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -54,13 +59,14 @@ class SessionStore(Protocol):
         on (a replay or another worker): those were not written and should be reloaded."""
         ...
 
-    async def claim_abort(self, session_id: str, event_id: str) -> bool:
-        """True for the first event id ever claimed for the session, and again for that same id (so a
-        replay after a failed publish re-publishes it); False for any other id."""
+    async def claim_abort(self, session_id: str, event_id: str, kind: str = "abort") -> bool:
+        """True for the first event id ever claimed for the session (and `kind`: "abort", or "steer", with
+        ":<epoch>" after a restart), and again for that same id (so a replay after a failed publish
+        re-publishes it); False for any other id."""
         ...
 
-    async def claimed_abort(self, session_id: str) -> str | None:
-        """The event id claimed for the session's abort, if any."""
+    async def claimed_abort(self, session_id: str, kind: str = "abort") -> str | None:
+        """The event id claimed for the session's abort (or `kind`), if any."""
         ...
 
     async def ping(self) -> None:
@@ -71,11 +77,12 @@ class SessionStore(Protocol):
 
 
 _PARTS = (("question", "q"), ("thinking", "t"), ("answer", "a"))
+STATE_VERSION = 2  # 1: before epochs, steers and request ids (records without the field)
 
 
 def meta_record(state: SessionState) -> dict[str, bytes]:
     """The meta hash of a state: one JSON value per field, readable with redis-cli."""
-    fields: dict[str, Any] = {
+    record: dict[str, Any] = {
         "next_seq": state.next_seq,
         "status": state.status,
         "part": state.part,
@@ -98,8 +105,20 @@ def meta_record(state: SessionState) -> dict[str, bytes]:
         "scored_part": state.scored_part,
         "policy": asdict(state.policy),
         "abort_event_id": state.abort_event_id,
+        "abort_record": state.abort_record,
+        "steer_event_id": state.steer_event_id,
+        "steer_tokens": state.steer_tokens,
+        "epoch": state.epoch,
+        "origin": state.origin,
+        "origin_offset": state.origin_offset,
+        "request_id": state.request_id,
+        "state_version": STATE_VERSION,
     }
-    return {k: orjson.dumps(v) for k, v in fields.items()}
+    return {k: orjson.dumps(v) for k, v in record.items()}
+
+
+_DEFAULTS = SessionState("")
+_POLICY_FIELDS = frozenset(f.name for f in fields(PolicyState))
 
 
 def state_from_record(
@@ -108,45 +127,36 @@ def state_from_record(
     m = {(k.decode() if isinstance(k, bytes) else k): orjson.loads(v) for k, v in meta.items()}
     q, t, a = ((x or b"").decode("utf-8", errors="replace") for x in texts)
     next_seq = int(m["next_seq"])
+    plain = (
+        "status part has_question image_text ocr_images model tenant question_tokens tokens chars truncated "
+        "degraded late_chunks chunk_ts scored_seq scored_tokens scored_chars scored_part abort_event_id "
+        "abort_record steer_event_id steer_tokens epoch origin origin_offset request_id"
+    ).split()
+    known = {name: m[name] for name in plain if name in m}  # missing: the default; unknown: ignored
+    policy = {k: v for k, v in (m.get("policy") or {}).items() if k in _POLICY_FIELDS}
     return SessionState(
         session_id=session_id,
         next_seq=next_seq,
         stored_seq=next_seq,
-        status=m["status"],
-        part=m["part"],
-        has_question=m["has_question"],
         question=q,
         thinking=t,
         answer=a,
         images=tuple(ImageRef.model_validate_json(i) for i in images),
-        image_text=m["image_text"],
-        ocr_images=m["ocr_images"],
-        model=m["model"],
-        tenant=m["tenant"],
-        question_tokens=m["question_tokens"],
-        tokens=m["tokens"],
-        chars=m["chars"],
-        truncated=m["truncated"],
-        degraded=m["degraded"],
-        late_chunks=m["late_chunks"],
-        chunk_ts=m["chunk_ts"],
-        pending=tuple(Chunk.model_validate(c) for c in m["pending"]),
-        scored_seq=m["scored_seq"],
-        scored_tokens=m["scored_tokens"],
-        scored_chars=m["scored_chars"],
-        scored_part=m["scored_part"],
-        policy=PolicyState(**m["policy"]),
-        abort_event_id=m["abort_event_id"],
+        pending=tuple(Chunk.model_validate(c) for c in m.get("pending", [])),
+        policy=PolicyState(**policy),
+        **known,
     )
 
 
 def _texts(state: SessionState, cap: int) -> list[tuple[str, str]]:
-    """(mode, text) per part: 'A' appends the unsaved delta; 'S' rewrites a part that reached the limit."""
+    """(mode, text) per part: 'A' appends the unsaved delta; 'S' rewrites a part that reached the limit (or
+    every part, when a new epoch began)."""
     out = []
     for name, _ in _PARTS:
         full: str = getattr(state, name)
         delta: str = getattr(state.unsaved, name)
-        out.append(("S", full) if len(full) >= cap and delta else ("A", delta))
+        rewrite = state.unsaved.reset or (len(full) >= cap and delta)
+        out.append(("S", full) if rewrite else ("A", delta))
     return out
 
 
@@ -165,6 +175,7 @@ class MemorySessionStore:
         self.images: dict[str, list[bytes]] = {}
         self.scores: dict[str, list[bytes]] = {}
         self.aborts: dict[str, str] = {}
+        self.claims: dict[tuple[str, str], str] = {}  # (session, kind) -> event id, for kinds but "abort"
 
     async def load(self, session_ids: Iterable[str]) -> dict[str, SessionState]:
         return {
@@ -183,6 +194,9 @@ class MemorySessionStore:
             if (int(current["next_seq"]) if current else 1) != state.stored_seq:
                 conflicts.add(sid)
                 continue
+            if state.unsaved.reset:
+                self.images.pop(sid, None)
+                self.scores.pop(sid, None)
             texts = self.texts.setdefault(sid, ["", "", ""])
             for i, (mode, text) in enumerate(_texts(state, self._cap)):
                 texts[i] = text if mode == "S" else texts[i] + text
@@ -192,11 +206,13 @@ class MemorySessionStore:
             self.meta[sid] = meta_record(state)
         return frozenset(conflicts)
 
-    async def claim_abort(self, session_id: str, event_id: str) -> bool:
+    async def claim_abort(self, session_id: str, event_id: str, kind: str = "abort") -> bool:
+        if kind != "abort":
+            return self.claims.setdefault((session_id, kind), event_id) == event_id
         return self.aborts.setdefault(session_id, event_id) == event_id
 
-    async def claimed_abort(self, session_id: str) -> str | None:
-        return self.aborts.get(session_id)
+    async def claimed_abort(self, session_id: str, kind: str = "abort") -> str | None:
+        return self.aborts.get(session_id) if kind == "abort" else self.claims.get((session_id, kind))
 
     async def ping(self) -> None:
         return None
@@ -210,9 +226,14 @@ def keys(session_id: str) -> dict[str, str]:
     return {name: f"qm:{{{session_id}}}:{name}" for name in ("meta", "q", "t", "a", "scores", "img", "abort")}
 
 
+def claim_key(session_id: str, kind: str) -> str:
+    """The key of a session's one abort ("abort") or steer ("steer"), ":<epoch>" after a restart."""
+    return f"qm:{{{session_id}}}:{kind}"
+
+
 _SAVE_LUA = """
 -- KEYS: meta q t a scores img abort
--- ARGV: expected_seq ttl kept  (mode text) x3  n_scores n_images  scores... images... meta k/v pairs...
+-- ARGV: expected_seq ttl kept reset  (mode text) x3  n_scores n_images  scores... images... meta k/v pairs...
 local current = redis.call('HGET', KEYS[1], 'next_seq')
 local expected = tonumber(ARGV[1])
 if (current and tonumber(current) ~= expected) or (not current and expected ~= 1) then
@@ -222,16 +243,20 @@ if (current and tonumber(current) ~= expected) or (not current and expected ~= 1
   end
   return 0
 end
+if ARGV[4] == '1' then
+  -- a new epoch of the session: what the old one kept goes
+  redis.call('DEL', KEYS[5], KEYS[6])
+end
 for i = 0, 2 do
-  local mode, text = ARGV[4 + 2 * i], ARGV[5 + 2 * i]
+  local mode, text = ARGV[5 + 2 * i], ARGV[6 + 2 * i]
   if mode == 'S' then
     redis.call('SET', KEYS[2 + i], text)
   elseif #text > 0 then
     redis.call('APPEND', KEYS[2 + i], text)
   end
 end
-local n_scores, n_images = tonumber(ARGV[10]), tonumber(ARGV[11])
-local at = 12
+local n_scores, n_images = tonumber(ARGV[11]), tonumber(ARGV[12])
+local at = 13
 for _ = 1, n_scores do
   redis.call('RPUSH', KEYS[5], ARGV[at])
   at = at + 1
@@ -350,7 +375,7 @@ class RedisSessionStore:
 
     def _save_args(self, state: SessionState) -> tuple[list[str], list[bytes | str | int]]:
         k = keys(state.session_id)
-        args: list[bytes | str | int] = [state.stored_seq, self._ttl, self._kept]
+        args: list[bytes | str | int] = [state.stored_seq, self._ttl, self._kept, int(state.unsaved.reset)]
         for mode, text in _texts(state, self._cap):
             args += [mode, text]
         args += [len(state.unsaved.scores), len(state.unsaved.images)]
@@ -384,15 +409,15 @@ class RedisSessionStore:
             raise _unavailable(exc, "save") from exc
         return frozenset(s.session_id for s, ok in zip(states, replies, strict=True) if not ok)
 
-    async def claim_abort(self, session_id: str, event_id: str) -> bool:
+    async def claim_abort(self, session_id: str, event_id: str, kind: str = "abort") -> bool:
         try:
-            return bool(await self._claim(keys=[keys(session_id)["abort"]], args=[event_id, self._ttl]))
+            return bool(await self._claim(keys=[claim_key(session_id, kind)], args=[event_id, self._ttl]))
         except RedisError as exc:
             raise _unavailable(exc, "claim_abort") from exc
 
-    async def claimed_abort(self, session_id: str) -> str | None:
+    async def claimed_abort(self, session_id: str, kind: str = "abort") -> str | None:
         try:
-            value = await self._client.get(keys(session_id)["abort"])
+            value = await self._client.get(claim_key(session_id, kind))
         except RedisError as exc:
             raise _unavailable(exc, "get abort") from exc
         return value.decode() if isinstance(value, bytes) else None

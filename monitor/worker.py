@@ -135,7 +135,7 @@ class Worker:
         topics = self._settings.topics
         events: list[Message] = []
         events += [(topics.verdicts, v.session_id.encode(), encode(v)) for v in result.verdicts]
-        events += [(topics.aborts, a.session_id.encode(), encode(a)) for a in result.aborts]
+        events += [(topics.aborts, a.session_id.encode(), encode(a)) for a in result.aborts + result.repeats]
         letters = dead + result.dead_letters
         origin = {(r.topic, r.partition, r.offset): r for r in records}
         for d in letters:
@@ -162,6 +162,8 @@ class Worker:
             task = asyncio.create_task(self._audit(a))  # off the hot path: the abort is already out
             self._audits.add(task)
             task.add_done_callback(self._audits.discard)
+        for a in result.repeats:
+            telemetry.aborts_repeated.add(1, {"action": a.action})
         for d in letters:
             telemetry.dead_letters.add(1, {"reason": d.reason})
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 
 import pytest
 from fake_guard import MarkerGuard
 
+from monitor.guards.base import Prefix, Score
 from monitor.messages import Chunk, ImageRef, Part, Verdict
 from monitor.pipeline import Incoming, Pipeline, StepResult
 from monitor.settings import BatchingSettings, ImageSettings, PolicySettings, Settings
@@ -161,12 +162,14 @@ async def test_tenant_policy_steers_with_the_prompt() -> None:
     results = await run_stepwise(
         Pipeline(settings, MemorySessionStore(settings), MarkerGuard(), clock=clock), chunks, clock
     )
-    (abort,) = [a for r in results for a in r.aborts]
+    # the stack ignored the steer (the harm stays in the trace), so the session is aborted after it
+    steer, abort = [a for r in results for a in r.aborts]
     assert (
-        abort.action == "steer"
-        and abort.steer_prompt == settings.policy.steer_prompt
-        and abort.tenant == "acme"
+        steer.action == "steer"
+        and steer.steer_prompt == settings.policy.steer_prompt
+        and steer.tenant == "acme"
     )
+    assert abort.action == "abort" and abort.event_id != steer.event_id and abort.seq > steer.seq
 
 
 async def test_chunks_coalesce_into_one_scoring_per_session_and_batch_across_sessions() -> None:
@@ -289,3 +292,85 @@ async def test_images_are_decoded_for_the_guard_and_read_by_ocr_once(monkeypatch
     assert texts and texts[-1] == "STEP 1 mix"
     assert reads == [(32, 16)]
     await pipeline.close()
+
+
+# -- session ids seen again (README "Session ids") --------------------------------------------------------
+
+
+def _retried(chunks: list[Chunk], sid: str | None = None, later: float = 60.0) -> list[Chunk]:
+    return [c.model_copy(update={"ts": c.ts + later, "session_id": sid or c.session_id}) for c in chunks]
+
+
+async def test_an_aborted_session_gets_its_abort_again_for_every_later_chunk_batch() -> None:
+    settings, clock = make_settings(), Clock()
+    pipeline = Pipeline(settings, MemorySessionStore(settings), MarkerGuard(), clock=clock)
+    results = await run_stepwise(pipeline, HARMFUL_THINKING, clock)
+    (abort,) = [a for r in results for a in r.aborts]
+    repeats = [a for r in results for a in r.repeats]  # the stack kept streaming after the abort
+    assert repeats and all(a.model_dump() == abort.model_dump() for a in repeats)
+    # a stack that regenerates under the old id is stopped again at its seq 1, and nothing is scored
+    again = await run_stepwise(pipeline, _retried(HARMFUL_THINKING[:2]), clock)
+    assert [a.event_id for r in again for a in r.repeats] == [abort.event_id]
+    assert not [v for r in again for v in r.verdicts] and not [a for r in again for a in r.aborts]
+
+
+async def test_a_retried_request_under_an_ended_id_is_scored_as_a_new_epoch() -> None:
+    settings, clock, guard = make_settings(), Clock(), MarkerGuard()
+    store = MemorySessionStore(settings)
+    pipeline = Pipeline(settings, store, guard, clock=clock)
+    harmless = session(
+        "reused", ["Let me think about bread. ", "Flour, water and salt make dough. "], ["Bake."]
+    )
+    first = verdicts_of(await run_stepwise(pipeline, harmless, clock))
+    assert first and all(v.epoch == 0 for v in first)
+    # the retry of the same id goes harmful: it must be monitored, not ignored as duplicates
+    retry = _retried([c.model_copy(update={"session_id": "reused"}) for c in HARMFUL_THINKING])
+    results = await run_stepwise(pipeline, retry, clock)
+    second = verdicts_of(results)
+    (abort,) = [a for r in results for a in r.aborts]
+    assert second and all(v.epoch == 1 for v in second) and abort.epoch == 1
+    assert not {v.event_id for v in first} & {v.event_id for v in second}
+    assert "reused" in guard.forgotten  # nothing an incremental guard held for epoch 0 is extended
+    assert store.texts["reused"][1].startswith("The user wants")  # the store holds epoch 1 only
+    loaded = (await store.load(["reused"]))["reused"]
+    assert loaded.epoch == 1 and loaded.status == "aborted"
+
+
+async def test_request_id_reaches_the_abort() -> None:
+    settings, clock = make_settings(), Clock()
+    chunks = [c.model_copy(update={"request_id": "req-7"}) for c in HARMFUL_THINKING]
+    results = await run_stepwise(
+        Pipeline(settings, MemorySessionStore(settings), MarkerGuard(), clock=clock), chunks, clock
+    )
+    (abort,) = [a for r in results for a in r.aborts]
+    assert abort.request_id == "req-7"
+
+
+class TailGuard(MarkerGuard):
+    """Reads only the last 100 characters of the thinking, as a windowed guard reads its latest window."""
+
+    def score(self, batch: Sequence[Prefix]) -> list[Score]:
+        return super().score([replace(p, thinking=p.thinking[-100:], answer="") for p in batch])
+
+
+async def test_a_steered_session_goes_on_being_scored_and_is_not_aborted_once_it_recovers() -> None:
+    settings, clock = make_settings(action="steer"), Clock()
+    pipeline = Pipeline(settings, MemorySessionStore(settings), TailGuard(), clock=clock)
+    head = HARMFUL_THINKING[:3]  # question, a plain thought, the HARM thought: the steer fires here
+    results = [await pipeline.step([Incoming(c, "qta.chunks", 0, i)]) for i, c in enumerate(head)]
+    (steer,) = [a for r in results for a in r.aborts]
+    assert steer.action == "steer" and steer.steer_prompt
+    # the stack inserts the reflection (published as thinking) and the model continues safely
+    texts = [settings.policy.steer_prompt + " ", "I will not give those steps; here is why that is unsafe. "]
+    rest = [
+        Chunk(session_id="bad", seq=4 + i, part="thinking", text=t, ts=10.0 + i) for i, t in enumerate(texts)
+    ]
+    rest.append(Chunk(session_id="bad", seq=6, part="end", ts=20.0))
+    later = []
+    for i, c in enumerate(rest, 3):
+        clock.now += 1
+        later.append(await pipeline.step([Incoming(c, "qta.chunks", 0, i)]))
+    later.append(await pipeline.flush())
+    verdicts = verdicts_of(later)
+    assert verdicts and verdicts[-1].seq == 6 and verdicts[-1].status != "abort"  # watched to the end
+    assert not [a for r in later for a in r.aborts]

@@ -169,3 +169,69 @@ def test_estimate_tokens_is_words_or_chars_over_four() -> None:
     assert estimate_tokens("") == 0
     assert estimate_tokens("a b c d e") == 5
     assert estimate_tokens("x" * 40) == 10
+
+
+# -- a session id seen again (README "Session ids") ------------------------------------------------------
+
+
+def test_a_restart_from_seq_1_with_other_content_is_a_new_epoch() -> None:
+    first, _ = fold_all(trace(2, 1))
+    retried = [c.model_copy(update={"ts": c.ts + 60.0}) for c in trace(3, 1)]  # a retried request: new ts
+    step = fold(first, retried[0], 0.0, LIMITS)
+    assert step.restarted and step.ignored is None
+    state = step.state
+    assert state.epoch == 1 and state.status == "open" and state.thinking == "" and state.next_seq == 2
+    assert state.unsaved.reset and state.stored_seq == first.stored_seq  # the store rewrites, seq-checked
+    for chunk in retried[1:]:
+        step = fold(state, chunk, 0.0, LIMITS)
+        assert not step.rejected and step.ignored is None
+        state = step.state
+    assert state.status == "ended" and "step 2 of thinking" in state.thinking and state.epoch == 1
+
+
+def test_a_redelivered_seq_1_is_still_a_duplicate() -> None:
+    chunks = trace(2, 1)
+    state, _ = fold_all(chunks)
+    again = Chunk.model_validate_json(chunks[0].model_dump_json())  # the same bytes, read again
+    step = fold(state, again, 0.0, LIMITS)
+    assert step.ignored == "duplicate" and not step.restarted and step.state == state
+
+
+def test_a_redelivery_without_ts_matches_although_decoding_fills_ts_in() -> None:
+    raw = b'{"session_id": "s1", "seq": 1, "part": "question", "text": "hi "}'
+    state = fold(SessionState("s1"), Chunk.model_validate_json(raw), 0.0, LIMITS).state
+    state = fold(state, Chunk(session_id="s1", seq=2, part="thinking", text="x"), 0.0, LIMITS).state
+    step = fold(state, Chunk.model_validate_json(raw), 0.0, LIMITS)
+    assert step.ignored == "duplicate" and not step.rejected
+
+
+def test_the_same_seq_1_at_another_offset_is_a_dead_letter_not_silence() -> None:
+    chunks = trace(1, 0)
+    state = SessionState("s1")
+    for offset, chunk in enumerate(chunks, 10):
+        state = fold(state, chunk, 0.0, LIMITS, offset).state
+    assert fold(state, chunks[0], 0.0, LIMITS, 10).ignored == "duplicate"  # the same record again
+    step = fold(state, chunks[0], 0.0, LIMITS, 99)  # the same content, produced again
+    assert [r.reason for r in step.rejected] == ["session_reused"] and "offset 99" in step.rejected[0].error
+    assert step.state.epoch == 0
+
+
+def test_an_aborted_session_stays_aborted_and_asks_for_its_abort_again() -> None:
+    chunks = trace(3, 1)
+    state, _ = fold_all(chunks[:3])
+    state = mark_aborted(state, "abort-x", '{"event_id": "abort-x"}')
+    late = fold(state, chunks[3], 0.0, LIMITS)
+    assert late.reabort and late.ignored == "late" and not late.rejected
+    retried = [c.model_copy(update={"ts": c.ts + 60.0}) for c in trace(3, 1)]
+    again = fold(late.state, retried[0], 0.0, LIMITS)
+    assert again.reabort and not again.restarted and again.state.status == "aborted"
+    assert again.state.epoch == 0 and again.state.abort_record == '{"event_id": "abort-x"}'
+
+
+def test_a_chunk_after_end_is_a_dead_letter() -> None:
+    chunks = trace(1, 0)
+    state, _ = fold_all(chunks)
+    late = Chunk(session_id="s1", seq=len(chunks) + 1, part="answer", text="more")
+    step = fold(state, late, 0.0, LIMITS)
+    assert [r.reason for r in step.rejected] == ["after_end"] and step.ignored == "late"
+    assert not step.reabort

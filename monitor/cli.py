@@ -11,10 +11,13 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, get_args
+
+from pydantic import BaseModel, ValidationError
 
 from monitor.encoders import BASES as ENCODER_BASES
 from monitor.guards import GUARD_NAMES
-from monitor.settings import ConfigError, Settings, load_settings, masked
+from monitor.settings import ConfigError, Settings, TelemetrySettings, load_settings, masked
 
 
 def _config(settings: Settings, args: argparse.Namespace) -> int:
@@ -31,13 +34,6 @@ def _topics(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     from monitor.kafka import apply_topics
 
-    overrides = {
-        "replication_factor": args.replication_factor,
-        "min_insync_replicas": args.min_insync_replicas,
-    }
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    if overrides:
-        settings = settings.model_copy(update={"topics": settings.topics.model_copy(update=overrides)})
     for line in asyncio.run(apply_topics(settings)):
         print(line)
     return 0
@@ -114,12 +110,74 @@ EXIT_CODES = """exit codes:
   2  usage: an unknown command or option, a bad value, an invalid config file or MONITOR_* variable
 
 Settings come from --config, then MONITOR_* environment variables (nested with __, e.g.
-MONITOR_KAFKA__BOOTSTRAP=host:9092), which win; `qta-monitor config` prints the result. A flag that
-overrides a setting says which one."""
+MONITOR_KAFKA__BOOTSTRAP=host:9092), which win over it; `qta-monitor config` prints the result. A flag
+that overrides a setting says which one, and wins over both."""
 
 
 class _Help(argparse.RawDescriptionHelpFormatter):
     """Keeps the epilog's layout; option help is written with its default in it."""
+
+
+# serve's flags, each overriding one setting: (flag, setting, metavar, what the setting is).
+SERVE_FLAGS: tuple[tuple[str, str, str, str], ...] = (
+    ("--bootstrap", "kafka.bootstrap", "HOST:PORT", "Kafka bootstrap servers, comma-separated"),
+    ("--group", "kafka.group_id", "GROUP", "consumer group; workers of one group split the chunk partitions"),
+    ("--chunks-topic", "topics.chunks", "TOPIC", "topic the chunks are read from"),
+    ("--verdicts-topic", "topics.verdicts", "TOPIC", "topic the verdicts go to"),
+    ("--aborts-topic", "topics.aborts", "TOPIC", "topic the aborts and steers go to"),
+    ("--dead-letters-topic", "topics.dead_letters", "TOPIC", "topic of the chunks that cannot be used"),
+    ("--redis-url", "redis.url", "URL", "Redis that holds the session state (rediss:// for TLS)"),
+    ("--guard", "guard.name", "NAME", f"guard to load: {', '.join(GUARD_NAMES)}"),
+    ("--guard-path", "guard.path", "DIR", "local weights directory of a judge guard"),
+    ("--metrics-port", "telemetry.metrics_port", "PORT", "port of /metrics, /ready and /live; 0: none"),
+    ("--metrics-host", "telemetry.metrics_host", "HOST", "address /metrics, /ready and /live listen on"),
+    ("--log-level", "telemetry.log_level", "LEVEL", "log level: DEBUG, INFO, WARNING or ERROR"),
+)
+
+
+def env_variable(setting: str) -> str:
+    """`kafka.group_id` -> `MONITOR_KAFKA__GROUP_ID`."""
+    return "MONITOR_" + setting.replace(".", "__").upper()
+
+
+def setting_default(setting: str) -> Any:
+    """The built-in default of a dotted setting, e.g. `telemetry.metrics_port` -> 9464."""
+    section, field = setting.split(".")
+    return getattr(getattr(Settings.model_construct(), section), field)
+
+
+def _overrides_help(what: str, setting: str) -> str:
+    default = setting_default(setting)
+    return (
+        f"{what} (default: the setting {setting}, {env_variable(setting)}, which defaults to "
+        f"{'none' if default is None else default})"
+    )
+
+
+def _with_flags(settings: Settings, args: argparse.Namespace) -> Settings:
+    """The settings with what the command's setting flags were given; flags win over env and file. Each
+    section touched is validated again, so a bad flag value is a ConfigError naming the flag."""
+    given: dict[str, dict[str, tuple[str, object]]] = {}
+    for dest, setting, flag in getattr(args, "setting_flags", ()):
+        value = getattr(args, dest)
+        if value is not None:
+            section, field = setting.split(".")
+            given.setdefault(section, {})[field] = (flag, value)
+    update: dict[str, BaseModel] = {}
+    for section, fields in given.items():
+        current: BaseModel = getattr(settings, section)
+        try:
+            update[section] = type(current).model_validate(
+                current.model_dump() | {field: value for field, (_, value) in fields.items()}
+            )
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{fields[str(err['loc'][0])][0] if err['loc'] else section} "
+                f"{fields[str(err['loc'][0])][1] if err['loc'] else ''}: {err['msg']}"
+                for err in exc.errors()
+            )
+            raise ConfigError(f"invalid option: {problems}") from exc
+    return settings.model_copy(update=update) if update else settings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -150,6 +208,12 @@ def _parser() -> argparse.ArgumentParser:
         f"guard to load: {', '.join(GUARD_NAMES)} (default: the setting guard.name, "
         "MONITOR_GUARD__NAME, which defaults to minilm)"
     )
+
+    def setting_flag(p: argparse.ArgumentParser, flag: str, setting: str, help_: str, **kwargs: Any) -> None:
+        action = p.add_argument(flag, default=None, help=help_, **kwargs)
+        flags = p.get_default("setting_flags") or ()
+        p.set_defaults(setting_flags=(*flags, (action.dest, setting, flag)))
+
     add("config", _config, "print the effective config as JSON, secrets masked")
     p = add(
         "topics", _topics, "Kafka topics: `apply` creates/updates them; `schemas` regenerates JSON Schemas"
@@ -166,26 +230,38 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="where `schemas` writes *.schema.json (default: %(default)s)",
     )
-    p.add_argument(
+    setting_flag(
+        p,
         "--replication-factor",
+        "topics.replication_factor",
+        "apply: create topics with N replicas (default: topics.replication_factor, "
+        "MONITOR_TOPICS__REPLICATION_FACTOR, else topics.json's)",
         type=int,
         metavar="N",
-        help="apply: create topics with N replicas (default: topics.replication_factor, "
-        "MONITOR_TOPICS__REPLICATION_FACTOR, else topics.json's)",
     )
-    p.add_argument(
+    setting_flag(
+        p,
         "--min-insync-replicas",
+        "topics.min_insync_replicas",
+        "apply: set min.insync.replicas=M on every topic (default: topics.min_insync_replicas, "
+        "MONITOR_TOPICS__MIN_INSYNC_REPLICAS, else the broker's)",
         type=int,
         metavar="M",
-        help="apply: set min.insync.replicas=M on every topic (default: topics.min_insync_replicas, "
-        "MONITOR_TOPICS__MIN_INSYNC_REPLICAS, else the broker's)",
     )
-    add(
+    p = add(
         "serve",
         _serve,
         "run a scoring worker (a consumer-group member of kafka.group_id) until SIGTERM/SIGINT; "
         "exit 0 after a clean drain",
     )
+    typed: dict[str, dict[str, Any]] = {
+        "--guard": {"choices": GUARD_NAMES},
+        "--guard-path": {"type": Path},
+        "--metrics-port": {"type": int},
+        "--log-level": {"choices": get_args(TelemetrySettings.model_fields["log_level"].annotation)},
+    }
+    for flag, setting, metavar, what in SERVE_FLAGS:
+        setting_flag(p, flag, setting, _overrides_help(what, setting), metavar=metavar, **typed.get(flag, {}))
     p = add(
         "replay", _replay, "publish the sessions of a dataset file (JSONL or any format eval reads) as chunks"
     )
@@ -327,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Exit 0 ok, 1 failure, 2 usage (argparse exits 2 itself on a bad command line)."""
     args = _parser().parse_args(argv)
     try:
-        settings = load_settings(args.config)
+        settings = _with_flags(load_settings(args.config), args)
     except ConfigError as exc:
         print(f"qta-monitor: {exc}", file=sys.stderr)
         return 2

@@ -1,6 +1,6 @@
 """Readiness: whether the worker's dependencies (Kafka, Redis, the guard) are up, and the one HTTP server that
-answers `/ready` beside Prometheus' `/metrics` (settings.telemetry.metrics_port), for compose and Kubernetes
-probes.
+answers `/ready` beside Prometheus' `/metrics` (on settings.telemetry.metrics_host and metrics_port), for
+compose and Kubernetes probes.
 
     GET /ready    200 {"ready": true, "kafka": "ok", ...}   503 with the reason per service that is not up
     GET /live     200 while the process serves HTTP (a liveness probe that never waits on Kafka or Redis)
@@ -12,7 +12,9 @@ service starts as "starting", so a fresh process answers 503 until all three hav
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import socket
 import threading
 from collections.abc import Iterable
 from socketserver import ThreadingMixIn
@@ -73,14 +75,27 @@ class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
 
 
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
 class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args: object) -> None:  # probes every few seconds: no access log
         pass
 
 
+def _is_ipv6(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).version == 6
+    except ValueError:  # a host name: resolved as IPv4, like the default address
+        return False
+
+
 def serve_http(port: int, readiness: Readiness, host: str = "0.0.0.0") -> WSGIServer:
-    """Serve /metrics, /ready and /live on `port` from a daemon thread; OSError if the port is taken."""
-    server = make_server(host, port, wsgi_app(readiness), _Server, handler_class=_QuietHandler)
+    """Serve /metrics, /ready and /live on `host`:`port` (an IPv4 or IPv6 address or a host name) from a
+    daemon thread; OSError if the port is taken or the address is not this machine's."""
+    server_class = _Server6 if _is_ipv6(host) else _Server
+    server = make_server(host, port, wsgi_app(readiness), server_class, handler_class=_QuietHandler)
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     return server
 

@@ -25,13 +25,15 @@ do not). Names as Prometheus shows them (the dashboards use exactly these):
 Prometheus also gets `_bucket`, `_sum` and `_count` series for each histogram, and OpenTelemetry's
 `target_info`. Category labels are the guard's category or `none`. The consumer lag is an observable gauge
 over the last measurement (monitor.lag), so partitions this worker no longer owns drop out of /metrics.
-`start()` also serves `/ready` on the same port (monitor.health).
+`start()` also serves `/ready` and `/live` on the same address and port (monitor.health), which are
+`telemetry.metrics_host` (default 0.0.0.0) and `telemetry.metrics_port` (default 9464).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from wsgiref.simple_server import WSGIServer
 
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -116,12 +118,12 @@ consumer_lag = _meter.create_observable_gauge(
 _started = False
 
 
-def start(settings: Settings, readiness: Readiness | None = None) -> None:
+def start(settings: Settings, readiness: Readiness | None = None) -> WSGIServer | None:
     """Install the SDK meter provider with the Prometheus exporter and serve /metrics, and /ready for
-    `readiness` (port 0: no server)."""
+    `readiness`, on telemetry.metrics_host:metrics_port; the server, or None (port 0, or started before)."""
     global _started
     if _started:
-        return
+        return None
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.resources import Resource
@@ -129,8 +131,11 @@ def start(settings: Settings, readiness: Readiness | None = None) -> None:
     reader = PrometheusMetricReader()
     resource = Resource.create({"service.name": settings.telemetry.service_name})
     metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=[reader]))
-    port = settings.telemetry.metrics_port
+    host, port = settings.telemetry.metrics_host, settings.telemetry.metrics_port
+    server = None
     if port:
-        serve_http(port, readiness or Readiness())
-        log.info("metrics at http://0.0.0.0:%d/metrics, readiness at /ready", port)
+        server = serve_http(port, readiness or Readiness(), host=host)
+        shown = f"[{host}]" if ":" in host else host
+        log.info("metrics at http://%s:%d/metrics, readiness at /ready", shown, port)
     _started = True
+    return server

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from monitor.cli import EXIT_CODES, _parser, main
+import monitor.cli
+from monitor.cli import EXIT_CODES, SERVE_FLAGS, _parser, env_variable, main, setting_default
+from monitor.settings import Settings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -151,3 +153,92 @@ def test_the_readme_documents_the_exit_codes() -> None:
     text = README.read_text()
     for line in ("0  the command did what it was asked", "1  it failed", "2  usage"):
         assert line in text, line
+
+
+# A value for each of serve's flags that differs from its default, and the setting's value it gives.
+SERVE_VALUES = {
+    "--bootstrap": ("broker-a:9092,broker-b:9092", "broker-a:9092,broker-b:9092"),
+    "--group": ("qta-monitor-blue", "qta-monitor-blue"),
+    "--chunks-topic": ("t.chunks", "t.chunks"),
+    "--verdicts-topic": ("t.verdicts", "t.verdicts"),
+    "--aborts-topic": ("t.aborts", "t.aborts"),
+    "--dead-letters-topic": ("t.dead", "t.dead"),
+    "--redis-url": ("rediss://cache:6380/1", "rediss://cache:6380/1"),
+    "--guard": ("judge", "judge"),
+    "--guard-path": ("/models/judge", Path("/models/judge")),
+    "--metrics-port": ("9500", 9500),
+    "--metrics-host": ("127.0.0.1", "127.0.0.1"),
+    "--log-level": ("DEBUG", "DEBUG"),
+}
+
+
+def _served(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
+    """Run `serve` up to the worker: the settings it would get."""
+    got: list[Settings] = []
+
+    def fake_serve(settings: Settings, args: argparse.Namespace) -> int:
+        got.append(settings)
+        return 0
+
+    monkeypatch.setattr(monitor.cli, "_serve", fake_serve)
+    return got
+
+
+def test_serve_flags_override_the_file_and_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert set(SERVE_VALUES) == {flag for flag, *_ in SERVE_FLAGS}
+    config = tmp_path / "worker.toml"
+    config.write_text('[kafka]\nbootstrap = "from-file:9092"\n[telemetry]\nmetrics_port = 9600\n')
+    for _, setting, *_ in SERVE_FLAGS:  # every setting also set in the env: the flag still wins
+        monkeypatch.setenv(env_variable(setting), "9700" if setting.endswith("_port") else "from-env")
+    monkeypatch.setenv("MONITOR_TELEMETRY__LOG_LEVEL", "ERROR")
+    monkeypatch.setenv("MONITOR_TELEMETRY__METRICS_HOST", "10.0.0.1")
+    monkeypatch.setenv("MONITOR_GUARD__NAME", "stream")
+    got = _served(monkeypatch)
+    argv = [arg for flag, (value, _) in SERVE_VALUES.items() for arg in (flag, value)]
+    assert main(["--config", str(config), "serve", *argv]) == 0
+    (settings,) = got
+    for flag, setting, *_ in SERVE_FLAGS:
+        section, field = setting.split(".")
+        assert getattr(getattr(settings, section), field) == SERVE_VALUES[flag][1], flag
+    assert settings.kafka.client_id == "qta-monitor"  # what no flag names keeps its value
+
+
+def test_serve_without_flags_keeps_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MONITOR_KAFKA__GROUP_ID", "from-env")
+    got = _served(monkeypatch)
+    assert main(["serve"]) == 0
+    assert got[0].kafka.group_id == "from-env"
+    assert got[0].telemetry.metrics_host == "0.0.0.0"
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--metrics-port", "70000"], "--metrics-port 70000"),
+        (["--metrics-host", "not a host"], "--metrics-host not a host"),
+    ],
+)
+def test_a_bad_serve_flag_value_exits_2_naming_the_flag(
+    argv: list[str], named: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    got = _served(monkeypatch)
+    assert main(["serve", *argv]) == 2
+    assert not got
+    err = capsys.readouterr().err
+    assert err.startswith("qta-monitor: invalid option: ") and named in err and err.count("\n") == 1
+
+
+def test_each_serve_flag_names_its_setting_its_variable_and_the_default() -> None:
+    serve = _commands(_parser())["serve"]
+    helps = {flag: action.help or "" for action in serve._actions for flag in action.option_strings}
+    for flag, setting, *_ in SERVE_FLAGS:
+        default = setting_default(setting)
+        for part in (setting, env_variable(setting), f"defaults to {'none' if default is None else default}"):
+            assert part in helps[flag], (flag, part)
+
+
+def test_topics_flags_are_validated_like_the_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["topics", "apply", "--replication-factor", "0"]) == 2
+    assert "--replication-factor 0" in capsys.readouterr().err

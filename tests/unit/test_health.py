@@ -70,6 +70,18 @@ def test_metrics_and_live_share_the_port(served: tuple[Readiness, str]) -> None:
     assert _get(f"{base}/live") == (200, b"ok\n")
 
 
+def test_an_ipv6_address_is_served_too() -> None:
+    try:
+        server = serve_http(0, Readiness(), host="::1")
+    except OSError as exc:  # a machine without IPv6 loopback
+        pytest.skip(f"no IPv6 loopback: {exc}")
+    try:
+        assert _get(f"http://[::1]:{server.server_port}/live") == (200, b"ok\n")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_an_unreachable_broker_is_one_line_that_says_what_to_start() -> None:
     exc = KafkaConnectionError("Unable to bootstrap from [('127.0.0.1', 19092, <AddressFamily.AF_INET: 2>)]")
     error = unavailable(exc, "connect (consumer)", "127.0.0.1:19092")

@@ -1,10 +1,19 @@
-"""Every metric named in telemetry's docstring exists under that exact Prometheus name once recorded."""
+"""Every metric named in telemetry's docstring exists under that exact Prometheus name once recorded; a fresh
+worker's /metrics, /ready and /live listen on telemetry.metrics_host and metrics_port only."""
 
 from __future__ import annotations
 
 import re
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 
+import pytest
 from prometheus_client import REGISTRY, generate_latest
+from pydantic import ValidationError
 
 from monitor import telemetry
 from monitor.settings import Settings, TelemetrySettings
@@ -50,3 +59,75 @@ def test_documented_metrics_are_exported_under_their_names() -> None:
         "qta_monitor_sessions_live",
     ):  # DESIGN.md's list
         assert name in documented
+
+
+# A fresh process, as a worker is: telemetry.start() installs the meter provider once per process, and the
+# test above has already recorded into this one.
+_FRESH_WORKER = """
+import sys
+from monitor import telemetry
+from monitor.settings import load_settings
+
+host, port = sys.argv[1], int(sys.argv[2])
+server = telemetry.start(load_settings(telemetry={"metrics_host": host, "metrics_port": port}))
+print(server.server_address[0], server.server_address[1], flush=True)
+sys.stdin.read()  # serve until the test closes stdin
+"""
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def fresh_worker() -> Iterator[tuple[str, int]]:
+    """A process that started telemetry on 127.0.0.2 (a loopback address that is not 127.0.0.1)."""
+    host = "127.0.0.2"
+    port = _free_port(host)
+    process = subprocess.Popen(
+        [sys.executable, "-c", _FRESH_WORKER, host, str(port)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None and process.stdin is not None
+    try:
+        bound = process.stdout.readline().split()
+        assert bound == [host, str(port)], bound
+        yield host, port
+    finally:
+        process.stdin.close()
+        process.wait(timeout=10)
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_the_endpoints_listen_on_the_configured_host_only(fresh_worker: tuple[str, int]) -> None:
+    host, port = fresh_worker
+    assert _get(f"http://{host}:{port}/live") == (200, "ok\n")
+    assert _get(f"http://{host}:{port}/ready")[0] == 503  # nothing reported up in this process
+    status, text = _get(f"http://{host}:{port}/metrics")
+    assert status == 200 and "# HELP" in text
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=5):
+        pass
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "127.0.0.1", "::", "::1", "localhost", "metrics.internal"])
+def test_metrics_host_takes_an_address_or_a_host_name(host: str) -> None:
+    assert TelemetrySettings(metrics_host=host).metrics_host == host
+    assert TelemetrySettings().metrics_host == "0.0.0.0"
+
+
+@pytest.mark.parametrize("host", ["", "not a host", "http://127.0.0.1", "127.0.0.1:9464", "-x.example"])
+def test_metrics_host_refuses_what_is_no_address(host: str) -> None:
+    with pytest.raises(ValidationError, match="metrics_host"):
+        TelemetrySettings(metrics_host=host)

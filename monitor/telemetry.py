@@ -23,7 +23,11 @@ do not). Names as Prometheus shows them (the dashboards use exactly these):
     qta_monitor_engine_cached_tokens_total{guard}  counter    of those, prefix-cache hits (hit rate = ratio)
 
 Prometheus also gets `_bucket`, `_sum` and `_count` series for each histogram, and OpenTelemetry's
-`target_info`. Category labels are the guard's category or `none`. The consumer lag is an observable gauge
+`target_info`. Category labels are the guard's category or `none`. The counters whose label values are
+known in advance (`ZEROED`: chunks by part, verdicts by status, dead letters by reason, unavailable by
+service, produce errors of kind timeout) are exported at 0 from `start()` on, so an alert or a rate() sees
+their first increase; the label values only a running worker learns (a guard's categories, an error's type)
+appear when first counted. The consumer lag is an observable gauge
 over the last measurement (monitor.lag), so partitions this worker no longer owns drop out of /metrics.
 `start()` also serves `/ready` and `/live` on the same address and port (monitor.health), which are
 `telemetry.metrics_host` (default 0.0.0.0) and `telemetry.metrics_port` (default 9464).
@@ -33,12 +37,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from typing import get_args
 from wsgiref.simple_server import WSGIServer
 
 from opentelemetry import metrics
-from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.metrics import CallbackOptions, Counter, Observation
 
 from monitor.health import Readiness, serve_http
+from monitor.messages import DeadLetterReason, Part, Verdict
 from monitor.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -96,6 +102,15 @@ engine_cached_tokens = _meter.create_counter(
     "qta_monitor_engine_cached_tokens_total", description="prompt tokens the engine's prefix cache held"
 )
 
+# (counter, label name, every value it takes): exported at 0 by start().
+ZEROED: tuple[tuple[Counter, str, tuple[str, ...]], ...] = (
+    (chunks, "part", get_args(Part)),
+    (verdicts, "status", get_args(Verdict.model_fields["status"].annotation)),
+    (dead_letters, "reason", get_args(DeadLetterReason)),
+    (unavailable, "service", ("kafka", "redis")),
+    (produce_errors, "error", ("timeout",)),
+)
+
 _lag: dict[tuple[str, int], int] = {}
 
 
@@ -131,6 +146,9 @@ def start(settings: Settings, readiness: Readiness | None = None) -> WSGIServer 
     reader = PrometheusMetricReader()
     resource = Resource.create({"service.name": settings.telemetry.service_name})
     metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=[reader]))
+    for counter, label, values in ZEROED:
+        for value in values:
+            counter.add(0, {label: value})
     host, port = settings.telemetry.metrics_host, settings.telemetry.metrics_port
     server = None
     if port:

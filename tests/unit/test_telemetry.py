@@ -1,5 +1,6 @@
 """Every metric named in telemetry's docstring exists under that exact Prometheus name once recorded; a fresh
-worker's /metrics, /ready and /live listen on telemetry.metrics_host and metrics_port only."""
+worker's /metrics, /ready and /live listen on telemetry.metrics_host and metrics_port only, and its /metrics
+already shows the counters with known label values at 0."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from typing import get_args
 
 import pytest
 from prometheus_client import REGISTRY, generate_latest
 from pydantic import ValidationError
 
 from monitor import telemetry
+from monitor.messages import DeadLetterReason, Part
 from monitor.settings import Settings, TelemetrySettings
 
 
@@ -131,3 +134,25 @@ def test_metrics_host_takes_an_address_or_a_host_name(host: str) -> None:
 def test_metrics_host_refuses_what_is_no_address(host: str) -> None:
     with pytest.raises(ValidationError, match="metrics_host"):
         TelemetrySettings(metrics_host=host)
+
+
+def test_a_fresh_scrape_shows_the_known_counters_at_zero(fresh_worker: tuple[str, int]) -> None:
+    host, port = fresh_worker
+    status, text = _get(f"http://{host}:{port}/metrics")
+    assert status == 200
+    expected = {
+        "qta_monitor_chunks_total": ("part", get_args(Part)),
+        "qta_monitor_verdicts_total": ("status", ("ok", "warn", "abort")),
+        "qta_monitor_dead_letters_total": ("reason", get_args(DeadLetterReason)),
+        "qta_monitor_unavailable_total": ("service", ("kafka", "redis")),
+        "qta_monitor_produce_errors_total": ("error", ("timeout",)),
+    }
+    assert len(telemetry.ZEROED) == len(expected)
+    assert {"gap", "bad_seq", "no_question", "undecodable"} <= set(get_args(DeadLetterReason))
+    for name, (label, values) in expected.items():
+        for value in values:
+            series = re.compile(rf'^{name}{{(?:[^}}]*,)?{label}="{value}"(?:,[^}}]*)?}} (\S+)$', re.M)
+            found = series.findall(text)
+            assert found == ["0.0"], (name, value, found)
+    # Only the series of known values: what a worker learns as it runs (an error's type) comes later.
+    assert len(re.findall(r"^qta_monitor_produce_errors_total{", text, flags=re.M)) == 1

@@ -55,6 +55,21 @@ def _inherited() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.upper().startswith(owned)}
 
 
+def producer_kwargs(settings: Settings) -> dict[str, Any]:
+    """The run's chunk producer: idempotent with acks=all, as the worker's sink and the SDK are, so a chunk
+    the run counts as sent is on every in-sync replica (a replay on the 3-broker cluster loses none to a
+    leader change) and a retried send is never a duplicate."""
+    from monitor.kafka import MAX_MESSAGE_BYTES, connection_kwargs
+
+    return {
+        **connection_kwargs(settings.kafka),
+        "linger_ms": 2,
+        "acks": "all",
+        "enable_idempotence": True,
+        "max_request_size": MAX_MESSAGE_BYTES,
+    }
+
+
 class EndToEndError(RuntimeError):
     """The broker or the worker did not do what an end-to-end run needs (the message says which)."""
 
@@ -106,7 +121,7 @@ class EndToEnd:
         t = self.settings.topics
         try:
             await apply_topics(self.settings)
-            self._producer = AIOKafkaProducer(**conn, linger_ms=2, acks=1)
+            self._producer = AIOKafkaProducer(**producer_kwargs(self.settings))
             await self._producer.start()
             self._consumer = AIOKafkaConsumer(
                 t.verdicts, t.aborts, **conn, auto_offset_reset="earliest", group_id=None

@@ -626,11 +626,11 @@ class MonitorHealth:
     `healthy` checks every tracked session (and that the verdicts can be read)."""
 
     def __init__(
-        self, settings: Settings | None = None, *, bound_s: float = 10.0, remember: int = 100_000
+        self, settings: Settings | None = None, *, bound_s: float = 10.0, remember_sessions: int = 100_000
     ) -> None:
         self.settings = settings if settings is not None else load_settings()
         self.bound_s = bound_s
-        self.remember = remember
+        self.remember_sessions = remember_sessions
         self.error: SubscribeError | None = None
         self._sent: OrderedDict[str, deque[tuple[int, float]]] = OrderedDict()  # (seq, monotonic sent)
         self._answered: dict[str, int] = {}
@@ -672,9 +672,9 @@ class MonitorHealth:
             self.error = SubscribeError(str(exc))
 
     def track(self, session_id: str) -> None:
-        """Follow this session's verdicts from now on (the last `remember` sessions tracked)."""
+        """Follow this session's verdicts from now on (the last `remember_sessions` sessions tracked)."""
         if session_id not in self._sent:
-            _remember(self._sent, session_id, deque(), self.remember)
+            _remember(self._sent, session_id, deque(), self.remember_sessions)
 
     def sent(self, session_id: str, seq: int) -> None:
         """Chunk `seq` of a tracked session (thinking or answer) was just sent."""

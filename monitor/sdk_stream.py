@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from monitor.messages import Abort
@@ -70,11 +70,19 @@ class MonitoredStream(Generic[T]):
         self.unwatched = False
         self._current: AsyncIterable[T] = stream  # the upstream now iterated: the continuation after a steer
         self._warned = False
+        self._iterator: AsyncGenerator[T, None] | None = None
 
     def __aiter__(self) -> AsyncIterator[T]:
-        return self._run()
+        self._iterator = self._run()
+        return self._iterator
 
-    async def _run(self) -> AsyncIterator[T]:
+    async def aclose(self) -> None:
+        """After a `break`: close the upstream and end the session now, not when the loop collects it."""
+        if self._iterator is not None:
+            await self._iterator.aclose()
+        await _close(self._current)
+
+    async def _run(self) -> AsyncGenerator[T, None]:
         sid = self.session.session_id
         watch = self.subscriber.watch(sid) if self.subscriber is not None else None
         if self.health is not None:

@@ -454,6 +454,20 @@ async def test_answered_chunks_keep_the_stream_going(
     assert "s-ok" not in health._sent  # the stream forgets its session at the end
 
 
+async def test_aclose_after_a_break_ends_the_session_at_once(
+    make_publisher: Callable[[], TracePublisher], broker: MemoryBroker
+) -> None:
+    upstream = Upstream(RECORDED)
+    async with make_publisher() as publisher:
+        session = publisher.session("s-break")
+        stream = monitored_stream(upstream, session)
+        async for _ in stream:
+            break
+        await stream.aclose()
+        assert session.ended and upstream.closed
+    assert [c.part for c in published(broker)] == ["end"]  # the first chunk has no text
+
+
 async def test_delivery_failure_is_a_publish_error(settings: Settings, broker: MemoryBroker) -> None:
     sink = MemoryEventSink(broker)
     async with TracePublisher(settings, sink=sink) as publisher:

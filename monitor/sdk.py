@@ -326,6 +326,8 @@ class _LoopThread:
             self.close()
 
     def close(self) -> None:
+        if self._loop.is_closed():
+            return
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
         self._loop.close()
@@ -364,8 +366,9 @@ class SyncTracePublisher:
         tenant: str | None = None,
         request_id: str | None = None,
     ) -> SyncSessionHandle:
-        handle = self._publisher.session(session_id, model=model, tenant=tenant, request_id=request_id)
-        return SyncSessionHandle(self, handle)
+        # on the loop thread, so that threads asking at once never get the same id twice
+        make = functools.partial(self._publisher.session, model=model, tenant=tenant, request_id=request_id)
+        return SyncSessionHandle(self, self._loop.call(make, session_id))
 
 
 class SyncSessionHandle:

@@ -81,6 +81,7 @@ class MonitoredStream(Generic[T]):
         if self._iterator is not None:
             await self._iterator.aclose()
         await _close(self._current)
+        await self.session.end()  # a no-op when the loop has ended it
 
     async def _run(self) -> AsyncGenerator[T, None]:
         sid = self.session.session_id

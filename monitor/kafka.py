@@ -362,20 +362,33 @@ class KafkaChunkSource:
     async def lag(self) -> dict[tuple[str, int], int]:
         """Per assigned partition: the broker's end offset minus this member's position (the next offset
         it hands out), so records fetched ahead but not yet polled still count as lag."""
+        return (await self.lags())[0]
+
+    async def lags(self) -> tuple[dict[tuple[str, int], int], dict[tuple[str, int], int]]:
+        """Per assigned partition, from one set of end offsets: (end - this member's position, end - the
+        group's committed offset). The second is what KEDA's Kafka scaler sees; a partition the group never
+        committed counts from offset 0, as that scaler does with `offsetResetPolicy: earliest`."""
         assigned = sorted(self.consumer.assignment())
         if not assigned:
-            return {}
+            return {}, {}
         try:
             async with asyncio.timeout(self.settings.kafka.request_timeout_s):
                 ends = await self.consumer.end_offsets(assigned)
                 positions = {tp: await self.consumer.position(tp) for tp in assigned}
+                # one OffsetFetch per partition (aiokafka's public API); concurrent, so one round trip
+                committed = await asyncio.gather(*(self.consumer.committed(tp) for tp in assigned))
         except IllegalStateError:
-            return {}  # revoked while asking; the next measurement sees the new assignment
+            return {}, {}  # revoked while asking; the next measurement sees the new assignment
         except TimeoutError as exc:
             raise unavailable(exc, "end offsets", self.settings.kafka.bootstrap) from exc
         except KafkaError as exc:
             raise unavailable(exc, "end offsets", self.settings.kafka.bootstrap) from exc
-        return {(tp.topic, tp.partition): max(0, ends[tp] - positions[tp]) for tp in assigned}
+        by_position = {(tp.topic, tp.partition): max(0, ends[tp] - positions[tp]) for tp in assigned}
+        by_commit = {
+            (tp.topic, tp.partition): max(0, ends[tp] - (done or 0))
+            for tp, done in zip(assigned, committed, strict=True)
+        }
+        return by_position, by_commit
 
 
 class KafkaEventSink:

@@ -190,6 +190,14 @@ class MemoryChunkSource:
 
     async def lag(self) -> dict[TopicPartition, int]:
         """Records between this member's position and the end of each assigned partition."""
-        return {
-            (t, p): len(self.broker.topics[t][p]) - pos for (t, p), pos in sorted(self._positions.items())
-        }
+        return (await self.lags())[0]
+
+    async def lags(self) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
+        """(end - position, end - the group's committed offset) per assigned partition, as the Kafka
+        source measures them (no commit yet counts from 0)."""
+        ends = {(t, p): len(self.broker.topics[t][p]) for t, p in sorted(self._positions)}
+        committed = {tp: self.broker.committed.get((self.group_id, *tp), 0) for tp in ends}
+        return (
+            {tp: end - self._positions[tp] for tp, end in ends.items()},
+            {tp: max(0, end - committed[tp]) for tp, end in ends.items()},
+        )

@@ -6,6 +6,7 @@ with the chunks topic, consumer group and bootstrap servers the worker uses."""
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -152,6 +153,30 @@ def test_the_scaled_object_scales_the_worker_on_the_chunks_lag(tmp_path: Path) -
     assert int(meta["lagThreshold"]) > 0
     partitions = json.loads((ROOT / "topics" / "topics.json").read_text())["chunks"]["partitions"]
     assert 1 <= scaled["spec"]["minReplicaCount"] <= scaled["spec"]["maxReplicaCount"] <= partitions
+
+
+def test_the_scaled_object_names_the_worker_metric_of_the_lag_it_scales_on() -> None:
+    from prometheus_client import REGISTRY, generate_latest
+
+    from monitor import lag, telemetry
+    from monitor.settings import TelemetrySettings
+
+    comment = "".join(
+        line for line in (BASE / "scaledobject.yaml").read_text().splitlines() if line.startswith("#")
+    )
+    # KEDA reads committed offsets: the worker's committed lag is that number, its position lag is not
+    assert "qta_monitor_consumer_lag_committed" in comment and "qta_monitor_consumer_lag " in comment
+    (trigger,) = _one("ScaledObject")["spec"]["triggers"]
+    # a partition never committed: KEDA counts its whole log with `earliest`, and so does the worker
+    assert trigger["metadata"]["offsetResetPolicy"] == "earliest"
+    telemetry.start(Settings(telemetry=TelemetrySettings(metrics_port=0)))
+    lag.set_committed_lag({("qta.chunks", 0): 3})
+    try:
+        exported = generate_latest(REGISTRY).decode()
+        found = r'^qta_monitor_consumer_lag_committed\{[^}]*partition="0",topic="qta.chunks"\} 3.0$'
+        assert re.search(found, exported, re.M), exported
+    finally:
+        lag.set_committed_lag({})
 
 
 def test_the_gpu_overlay_asks_for_a_gpu_and_runs_the_judge_on_cuda(tmp_path: Path) -> None:

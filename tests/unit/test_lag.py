@@ -1,16 +1,27 @@
-"""Consumer lag and readiness from the worker loop, on the in-memory twins; the produce-errors counter."""
+"""Consumer lag (position and committed, the one KEDA sees) and readiness from the worker loop, on the
+in-memory twins; the produce-errors counter. One test measures both lags on the real broker (its fixture
+marks it `integration`): a consumer that polled everything but committed nothing."""
 
 from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 
 from fake_guard import MarkerGuard
 from prometheus_client import REGISTRY, generate_latest
 
+from monitor import lag as lag_module
 from monitor import telemetry
 from monitor.health import Readiness
-from monitor.kafka import KafkaUnavailable, MemoryBroker, MemoryChunkSource, MemoryEventSink
+from monitor.kafka import (
+    KafkaChunkSource,
+    KafkaEventSink,
+    KafkaUnavailable,
+    MemoryBroker,
+    MemoryChunkSource,
+    MemoryEventSink,
+)
 from monitor.lag import LagReporter
 from monitor.messages import Chunk, encode
 from monitor.pipeline import Pipeline
@@ -52,10 +63,10 @@ class FailingSource:
     def __init__(self) -> None:
         self.failing = True
 
-    async def lag(self) -> dict[tuple[str, int], int]:
+    async def lags(self) -> tuple[dict[tuple[str, int], int], dict[tuple[str, int], int]]:
         if self.failing:
             raise KafkaUnavailable("Kafka is not reachable at 127.0.0.1:1", recoverable=True)
-        return {(CHUNKS, 0): 0}
+        return {(CHUNKS, 0): 0}, {(CHUNKS, 0): 0}
 
 
 async def test_lag_is_end_minus_position_per_partition_and_drops_to_zero_once_polled() -> None:
@@ -76,6 +87,71 @@ async def test_lag_is_end_minus_position_per_partition_and_drops_to_zero_once_po
     await source.poll(0, 100)
     await reporter.measure()
     assert sum(reporter.last.values()) == 0
+
+
+def exported(name: str) -> dict[str, float]:
+    """partition -> value of the gauge `name` for the chunks topic, as /metrics shows it."""
+    pattern = rf'^{name}\{{[^}}]*partition="(\d+)",topic="{CHUNKS}"[^}}]*\}} (\S+)$'
+    return {p: float(v) for p, v in re.findall(pattern, generate_latest(REGISTRY).decode(), re.M)}
+
+
+async def test_committed_lag_counts_what_was_polled_but_not_committed_and_is_exported() -> None:
+    telemetry.start(Settings(telemetry=TelemetrySettings(metrics_port=0)))
+    broker = MemoryBroker(default_partitions=2)
+    source = MemoryChunkSource(broker, [CHUNKS])
+    await source.start()
+    sent = publish_session(broker, "a") + publish_session(broker, "b") + publish_session(broker, "c")
+    reporter = LagReporter(source, interval_s=0)
+    await source.poll(0, 100)  # everything read, nothing committed (a worker mid-cycle)
+    await reporter.measure()
+    assert sum(reporter.last.values()) == 0
+    assert reporter.last_committed == {tp: len(broker.records(*tp)) for tp in reporter.last}
+    assert sum(reporter.last_committed.values()) == sent
+    assert lag_module._committed == reporter.last_committed
+    assert exported("qta_monitor_consumer_lag_committed") == {
+        str(p): float(n) for (_, p), n in reporter.last_committed.items()
+    }
+    assert set(exported("qta_monitor_consumer_lag").values()) == {0.0}
+    await source.commit({(CHUNKS, 0): len(broker.records(CHUNKS, 0))})
+    await reporter.measure()
+    assert reporter.last_committed == {(CHUNKS, 0): 0, (CHUNKS, 1): len(broker.records(CHUNKS, 1))}
+    # a partition revoked drops out of both gauges
+    await source.rebalance(frozenset({(CHUNKS, 1)}))
+    await reporter.measure()
+    assert set(reporter.last) == set(reporter.last_committed) == {(CHUNKS, 1)}
+    assert set(exported("qta_monitor_consumer_lag_committed")) == {"1"}
+
+
+async def test_on_the_real_broker_a_consumer_that_polled_but_did_not_commit_lags_only_by_commit(
+    make_kafka_settings: Callable[..., Settings],
+) -> None:
+    settings = make_kafka_settings()
+    topic, sent = settings.topics.chunks, 12
+    chunks = [Chunk(session_id=f"s{i}", seq=1, part="question", text="q") for i in range(sent)]
+    sink = KafkaEventSink(settings)
+    await sink.start()
+    try:
+        await sink.publish([(topic, c.session_id.encode(), encode(c)) for c in chunks])
+    finally:
+        await sink.stop()
+    source = KafkaChunkSource(settings)
+    await source.start()
+    try:
+        polled: dict[tuple[str, int], int] = {}
+        deadline = asyncio.get_running_loop().time() + 30
+        while sum(polled.values()) < sent and asyncio.get_running_loop().time() < deadline:
+            for r in await source.poll(0.5, 100):
+                polled[(r.topic, r.partition)] = polled.get((r.topic, r.partition), 0) + 1
+        assert sum(polled.values()) == sent
+        reporter = LagReporter(source, interval_s=0)
+        await reporter.measure()
+        assert len(reporter.last) == 6 and sum(reporter.last.values()) == 0, reporter.last
+        assert reporter.last_committed == {(topic, p): polled.get((topic, p), 0) for p in range(6)}
+        await source.commit(polled)  # each partition held only these records: offset n is its end
+        await reporter.measure()
+        assert sum(reporter.last_committed.values()) == 0 and sum(reporter.last.values()) == 0
+    finally:
+        await source.stop()
 
 
 async def test_tick_measures_once_per_interval() -> None:

@@ -44,7 +44,7 @@ from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Counter, Observation
 
 from monitor.health import Readiness, serve_http
-from monitor.messages import DeadLetterReason, Part, Verdict
+from monitor.messages import Action, DeadLetterReason, Part, Verdict
 from monitor.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,12 @@ chunk_to_verdict_seconds = _meter.create_histogram(
 )
 verdicts = _meter.create_counter("qta_monitor_verdicts_total", description="verdicts published, by status")
 aborts = _meter.create_counter("qta_monitor_aborts_total", description="abort / steer events published")
+aborts_repeated = _meter.create_counter(
+    "qta_monitor_aborts_repeated_total", description="aborts published again: chunks came after the abort"
+)
+sessions_restarted = _meter.create_counter(
+    "qta_monitor_sessions_restarted_total", description="session ids seen again from seq 1 (a new epoch)"
+)
 dead_letters = _meter.create_counter(
     "qta_monitor_dead_letters_total", description="messages sent to the dead-letter topic, by reason"
 )
@@ -109,6 +115,7 @@ ZEROED: tuple[tuple[Counter, str, tuple[str, ...]], ...] = (
     (dead_letters, "reason", get_args(DeadLetterReason)),
     (unavailable, "service", ("kafka", "redis")),
     (produce_errors, "error", ("timeout",)),
+    (aborts_repeated, "action", get_args(Action)),
 )
 
 _lag: dict[tuple[str, int], int] = {}
@@ -149,6 +156,7 @@ def start(settings: Settings, readiness: Readiness | None = None) -> WSGIServer 
     for counter, label, values in ZEROED:
         for value in values:
             counter.add(0, {label: value})
+    sessions_restarted.add(0)
     host, port = settings.telemetry.metrics_host, settings.telemetry.metrics_port
     server = None
     if port:

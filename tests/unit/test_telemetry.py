@@ -146,7 +146,9 @@ def test_a_fresh_scrape_shows_the_known_counters_at_zero(fresh_worker: tuple[str
         "qta_monitor_dead_letters_total": ("reason", get_args(DeadLetterReason)),
         "qta_monitor_unavailable_total": ("service", ("kafka", "redis")),
         "qta_monitor_produce_errors_total": ("error", ("timeout",)),
+        "qta_monitor_aborts_repeated_total": ("action", ("abort", "steer")),
     }
+    assert re.search(r"^qta_monitor_sessions_restarted_total(?:{[^}]*})? 0\.0$", text, re.M), text[-2000:]
     assert len(telemetry.ZEROED) == len(expected)
     assert {"gap", "bad_seq", "no_question", "undecodable"} <= set(get_args(DeadLetterReason))
     for name, (label, values) in expected.items():

@@ -13,8 +13,17 @@ from typing import Any
 
 import pytest
 from test_sdk_worker import Generation
-from test_worker_e2e import SAMPLES, SETTLE_S, Events, _collect, _settings, _start_worker, _stop, _until
-from test_worker_e2e import _wait_for_group
+from test_worker_e2e import (
+    SAMPLES,
+    SETTLE_S,
+    Events,
+    _collect,
+    _settings,
+    _start_worker,
+    _stop,
+    _until,
+    _wait_for_group,
+)
 
 from monitor.kafka import apply_topics, delete_topics
 from monitor.messages import Abort

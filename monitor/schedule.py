@@ -2,15 +2,24 @@
 `Plan` out.
 
 A session is due when it has unscored response content and one of these holds: it ended; it moved from
-thinking to answer since its last score; `stride_tokens` new tokens arrived; or its oldest unscored chunk
-has waited `max_delay_s`. All chunks of a session folded since its last score coalesce into one scoring,
+thinking to answer since its last score; its stride of new tokens arrived; or its oldest unscored chunk
+has waited its max delay. All chunks of a session folded since its last score coalesce into one scoring,
 except that a backlog is never folded past a point where a live stream would have been scored
-(`score_before`).
+(`score_before`, with the same per-session stride).
+
+Risk-adaptive: most traffic is benign and far from any threshold. A *cold* session (scored at least once,
+past its first `warm_tokens` response tokens, last p and EMA below `cold_below`, and not rising) waits for
+`cold_stride_tokens` new tokens or `cold_max_delay_s`; with the guard's 256-token window a stride of 224
+reads each trace token about once. Every other session is *warm* and keeps `stride_tokens` /
+`max_delay_s`, which in a live stream means a score at every chunk. One warm score of a cold session
+(its p rose) makes it warm from its next chunk on. `cold_stride_tokens` 0 makes every session warm.
 
 Due sessions form one batch of at most `max_batch`. The batch goes out when it is full or when its oldest
 chunk has waited `max_wait_s` (measured from the chunk's arrival, so a session that became due late goes
-at once). When more are due than fit, the ones starved past twice `max_delay_s` go first, then those
-closest to the abort threshold, then the oldest."""
+at once). When more are due than fit, warm sessions go first and cold ones degrade first: warm sessions
+starved past twice `max_delay_s` (and cold ones starved past twice `cold_max_delay_s`, so none waits
+forever), then the other warm ones, then cold ones; within each, those closest to the abort threshold,
+then the oldest."""
 
 from __future__ import annotations
 
@@ -32,6 +41,26 @@ class Plan:
     wake_in_s: float  # how long the caller may wait for input before planning again
 
 
+def is_cold(state: SessionState, batching: BatchingSettings) -> bool:
+    """Far from any threshold: re-scored at the long stride. Unscored sessions and first tokens are warm."""
+    p = state.policy
+    return (
+        batching.cold_stride_tokens > 0
+        and p.scores > 0
+        and state.tokens >= batching.warm_tokens
+        and max(p.last_p, p.ema) < batching.cold_below
+        and not (p.last_p > p.ema and p.last_p >= batching.cold_below / 2)  # rising toward the band
+    )
+
+
+def stride_tokens(state: SessionState, batching: BatchingSettings) -> int:
+    return batching.cold_stride_tokens if is_cold(state, batching) else batching.stride_tokens
+
+
+def max_delay_s(state: SessionState, batching: BatchingSettings) -> float:
+    return batching.cold_max_delay_s if is_cold(state, batching) else batching.max_delay_s
+
+
 def is_due(state: SessionState, now: float, batching: BatchingSettings) -> bool:
     if not needs_score(state):
         return False
@@ -39,17 +68,19 @@ def is_due(state: SessionState, now: float, batching: BatchingSettings) -> bool:
     return (
         state.status == "ended"
         or (state.part in ("answer", "end") and state.scored_part in ("question", "thinking"))
-        or state.tokens - state.scored_tokens >= batching.stride_tokens
-        or now - state.unscored_since >= batching.max_delay_s
+        or state.tokens - state.scored_tokens >= stride_tokens(state, batching)
+        or now - state.unscored_since >= max_delay_s(state, batching)
     )
 
 
 def _order(
     state: SessionState, now: float, batching: BatchingSettings, policy: PolicySettings
-) -> tuple[bool, float, float]:
+) -> tuple[int, float, float]:
     since = state.unscored_since if state.unscored_since is not None else now
-    starved = now - since >= 2 * batching.max_delay_s
-    return (not starved, urgency(policy, state.policy), since)
+    cold = is_cold(state, batching)
+    starved = now - since >= 2 * max_delay_s(state, batching)
+    rank = 0 if starved else 2 if cold else 1  # a starved cold session waited 2 * cold_max_delay_s
+    return (rank, urgency(policy, state.policy), since)
 
 
 def plan(
@@ -69,7 +100,7 @@ def plan(
             due.append(state)
         elif needs_score(state):
             assert state.unscored_since is not None
-            wake = min(wake, state.unscored_since + batching.max_delay_s - now)
+            wake = min(wake, state.unscored_since + max_delay_s(state, batching) - now)
     if not due:
         return Plan((), 0, max(wake, 0.0))
     oldest = min(s.unscored_since if s.unscored_since is not None else now for s in due)
@@ -87,6 +118,6 @@ def score_before(state: SessionState, chunk: Chunk, batching: BatchingSettings) 
     harmful thinking is judged before its answer is even folded."""
     if chunk.seq != state.next_seq or not needs_score(state):
         return False
-    if state.tokens - state.scored_tokens >= batching.stride_tokens:
+    if state.tokens - state.scored_tokens >= stride_tokens(state, batching):
         return True
     return chunk.part == "answer" and state.part == "thinking"

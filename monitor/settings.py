@@ -141,6 +141,13 @@ class TelemetrySettings(_Section):
     metrics_host: str = "0.0.0.0"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     service_name: str = "qta-monitor"
+    # Risk-adaptive re-scoring (monitor/schedule.py): a cold session (scored, past its first `warm_tokens`
+    # response tokens, p and EMA below `cold_below`, not rising) waits for `cold_stride_tokens` new tokens
+    # or `cold_max_delay_s`; a warm one keeps `stride_tokens` / `max_delay_s`. 0 turns it off (all warm).
+    cold_stride_tokens: int = Field(default=224, ge=0)  # window 256 - 32 overlap: each token read ~once
+    cold_max_delay_s: float = Field(default=8.0, gt=0)  # also bounds how long overload may starve a cold one
+    cold_below: float = Field(default=0.2, ge=0, le=1)
+    warm_tokens: int = Field(default=64, ge=0)
 
     @field_validator("metrics_host")
     @classmethod

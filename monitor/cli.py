@@ -70,13 +70,17 @@ def _score(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _train(settings: Settings, args: argparse.Namespace) -> int:
+    from monitor.datasets import DataMissing, data_dir
     from monitor.guards.minilm import weights_dir
     from monitor.training import train
 
+    try:
+        data = data_dir(args.data)
+    except DataMissing as exc:  # a usage error, reported as a bad setting is
+        print(f"qta-monitor: {exc}", file=sys.stderr)
+        return 2
     out = Path(args.out) if args.out else weights_dir(args.base)
-    return train(
-        settings, data_dir=Path(args.data), out=out, epochs=args.epochs, seed=args.seed, base=args.base
-    )
+    return train(settings, data_dir=data, out=out, epochs=args.epochs, seed=args.seed, base=args.base)
 
 
 def _eval(settings: Settings, args: argparse.Namespace) -> int:
@@ -94,6 +98,7 @@ def _eval(settings: Settings, args: argparse.Namespace) -> int:
         sweep=args.sweep,
         through_kafka=args.through_kafka,
         ceilings=parse_ceilings(args.max_false_abort),
+        loso=args.loso,
     )
 
 
@@ -309,12 +314,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--explain", action="store_true", help="also print the guard's explanation, if it gives one"
     )
-    p = add("train", _train, "reproduce the embedded guard's committed weights from ../shared/data")
+    p = add("train", _train, "reproduce the embedded guard's committed weights from the shared data")
     p.add_argument(
         "--data",
-        default="../shared/data",
+        default=None,
         metavar="DIR",
-        help="training data directory (default: %(default)s)",
+        help="the shared data folder (default: $QTA_SHARED_DATA, else ../shared/data beside the repository)",
     )
     p.add_argument(
         "--out",
@@ -380,6 +385,13 @@ def _parser() -> argparse.ArgumentParser:
         help="with --sweep: choose the setting that aborts the most harmful sessions while the false-abort "
         "rate of set SET (named as in the report, e.g. gsm8k-dev) stays <= RATE; repeat for several sets "
         "(default: none; the chosen point goes to report.json and operating_point.png)",
+    )
+    p.add_argument(
+        "--loso",
+        action="store_true",
+        help="with --sweep: also choose the point by leave-one-source-out (each source measured at the "
+        "point chosen without it, under the ceilings of the others; the chosen point has the best worst "
+        "source); the table goes to report.md and loso.png",
     )
     p.add_argument(
         "--through-kafka",

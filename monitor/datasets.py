@@ -5,13 +5,40 @@ from __future__ import annotations
 
 import csv
 import gzip
+import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
+
+DATA_ENV = "QTA_SHARED_DATA"  # the shared data folder, for the commands and tests that read it
+
+
+class DataMissing(Exception):
+    """The shared data folder is not there; the message is one line naming the path and the setting."""
+
+
+def data_dir(explicit: Path | str | None = None, environ: Mapping[str, str] | None = None) -> Path:
+    """The shared data folder: `--data` when given, else $QTA_SHARED_DATA, else ../shared/data beside the
+    repository. Read once by a command at start-up; DataMissing when it is not a folder."""
+    env = os.environ if environ is None else environ
+    if explicit is not None:
+        path, how = Path(explicit), "--data"
+    elif env.get(DATA_ENV):
+        path, how = Path(env[DATA_ENV]), DATA_ENV
+    else:
+        import monitor
+
+        path, how = Path(monitor.__file__).resolve().parents[1].parent / "shared" / "data", "the default"
+    if not path.is_dir():
+        raise DataMissing(
+            f"shared data folder {path} not found ({how}); point --data or {DATA_ENV} at the folder "
+            "that holds raw/ and CATALOG.md"
+        )
+    return path
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,6 +47,7 @@ class Planned:
     chunk: Chunk
     thinking_chars: int  # thinking characters folded up to and including this chunk
     answer_started: bool
+    response_chars: int = 0  # thinking + answer characters folded up to and including this chunk
 
 
 @dataclass(slots=True)
@@ -65,10 +66,13 @@ def session_chunks(sample: Sample, session_id: str, chunk_chars: int) -> list[Pl
     answer in `chunk_chars` pieces, then `end`."""
     out: list[Planned] = []
     seen = 0
+    response = 0
 
     def add(part: Part, text: str = "", images: tuple[ImageRef, ...] = ()) -> None:
+        nonlocal response
+        response += len(text) if part in ("thinking", "answer") else 0
         chunk = Chunk(session_id=session_id, seq=len(out) + 1, part=part, text=text, images=images, ts=0.0)
-        out.append(Planned(chunk, seen, part in ("answer", "end") and bool(sample.answer)))
+        out.append(Planned(chunk, seen, part in ("answer", "end") and bool(sample.answer), response))
 
     add("question", sample.question, tuple(ImageRef(uri=str(p)) for p in sample.images))
     for i in range(0, len(sample.thinking), chunk_chars):
@@ -84,7 +88,7 @@ def end_chunk(replayed: Replayed, seq: int) -> Planned:
     """The `end` a producer sends after an abort stopped generation early."""
     last = replayed.plan[seq - 2]
     chunk = Chunk(session_id=last.chunk.session_id, seq=seq, part="end", ts=0.0)
-    return Planned(chunk, last.thinking_chars, last.answer_started)
+    return Planned(chunk, last.thinking_chars, last.answer_started, last.response_chars)
 
 
 def outcome(r: Replayed) -> Outcome:
@@ -92,9 +96,11 @@ def outcome(r: Replayed) -> Outcome:
     thinking_consumed: float | None = None
     before_answer = False
     delay: int | None = None
+    abort_chars: int | None = None
     if r.abort is not None:
         at = r.plan[min(r.abort.seq, len(r.plan)) - 1]
         before_answer = not at.answer_started
+        abort_chars = at.response_chars
         if s.thinking:
             thinking_consumed = at.thinking_chars / len(s.thinking)
             if s.harm_start is not None:
@@ -110,6 +116,8 @@ def outcome(r: Replayed) -> Outcome:
         thinking_consumed=thinking_consumed,
         before_answer=before_answer,
         harm_delay_chars=delay,
+        abort_chars=abort_chars,
+        final=r.abort is not None and r.abort.final,
         max_p_harmful=max((v.p_harmful for v in r.verdicts), default=0.0),
         tokens=max((v.tokens for v in r.verdicts), default=0),
         tokens_scored=sum(v.tokens_read for v in r.verdicts),
@@ -278,9 +286,11 @@ def write_report(
     positive: float,
     run: dict[str, Any],
     ceilings: dict[str, float] | None = None,
+    loso: bool = False,
 ) -> dict[str, Any]:
     """report.json, report.md and the plots under `out` (with a sweep: the operating point chosen under
-    `ceilings` and its plot); returns the report."""
+    `ceilings` and its plot; with `loso` too, the leave-one-source-out choice, `operating.loso`, and its
+    plot); returns the report."""
     result = report.build(outcomes, positive, composed)
     result["run"] = {**run, "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     out.mkdir(parents=True, exist_ok=True)
@@ -291,6 +301,10 @@ def write_report(
         chosen = operating.choose(rows, ceilings or {})
         result["operating_point"] = {"ceilings": ceilings or {}, "chosen": chosen}
         plots.append(operating.plot(rows, chosen, ceilings or {}, out))
+        if loso:
+            result["loso"] = operating.loso(rows, ceilings or {})
+            if result["loso"] is not None and result["loso"]["chosen"] is not None:
+                plots.append(operating.loso_plot(result["loso"], out))
     result["plots"] = [p.name for p in plots]
     (out / "report.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "report.md").write_text(report.markdown(result, rows))
@@ -308,6 +322,7 @@ def run_eval(
     sweep: bool,
     through_kafka: bool,
     ceilings: dict[str, float] | None = None,
+    loso: bool = False,
 ) -> int:
     """`qta-monitor eval PATH... --guard NAME --out DIR`: writes report.json, report.md and PNG plots."""
     from monitor.guards import build_guard
@@ -343,7 +358,7 @@ def run_eval(
         "batching": settings.batching.model_dump(mode="json"),
         "elapsed_s": round(time.perf_counter() - started, 2),
     }
-    result = write_report(out, outcomes, rows, composed, positive, run, ceilings)
+    result = write_report(out, outcomes, rows, composed, positive, run, ceilings, loso)
     if rows:
         print(report.sweep_table(rows[:SWEEP_PRINTED]))
         print(f"(best {min(SWEEP_PRINTED, len(rows))} of {len(rows)} settings; all in {out / 'report.md'})")
@@ -356,6 +371,8 @@ def run_eval(
                 f"operating point under {ceilings or 'no ceilings'}: {knobs} "
                 f"({chosen['harmful_aborted']} harmful sessions aborted)"
             )
+    if result.get("loso"):
+        print(report.loso_table(result["loso"]))
     o = result["overall"]
     print(
         f"{o['sessions']} sessions: precision {o['precision']:.3f} recall {o['recall']:.3f} f1 {o['f1']:.3f} "

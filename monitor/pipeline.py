@@ -285,7 +285,8 @@ class Pipeline:
         policy = self._settings.policy
         score, sid, seq, epoch = done.score, state.session_id, state.folded_seq, state.epoch
         part = scored_part(state.part, bool(state.answer))
-        decision = decide(policy, state.policy, score, part, state.tokens - state.steer_tokens)
+        end = state.part == "end"  # the score of the session's `end`: an abort now comes after the response
+        decision = decide(policy, state.policy, score, part, state.tokens - state.steer_tokens, end=end)
         point = ScorePoint(seq, score.p_harmful, score.label, done.guard.name)
         state = replace(state, image_text=done.image_text, ocr_images=done.ocr_images)
         state = mark_scored(state, point, decision.state)
@@ -337,6 +338,7 @@ class Pipeline:
             request_id=state.request_id,
             chunk_ts=state.chunk_ts,
             epoch=epoch,
+            final=decision.final,
         )
         self._explain[eid] = (done.guard, done.prefix)
         while len(self._explain) > EXPLAIN_KEPT:

@@ -9,6 +9,8 @@ matplotlib (Agg backend, imported inside). Conventions, stated once here and rep
   value stays a number in 0..1 and readers can tell "no positives" from "none caught";
 - `false_abort_rate` is over safe sessions (label 0) only; `abort_before_answer_rate` is over the caught
   positives (true-positive aborts), and `recall_before_answer` over all positives;
+- `abort_chars_median` is the median abort delay in characters: response characters streamed when a
+  true-positive abort fired (a `final` abort, at the end, counts the whole response);
 - `earliness` is the share of the thinking consumed when the abort fired (1.0 when it fired in the answer),
   over true-positive aborts of sessions that have thinking;
 - the 3-class prediction is 1 when aborted, 0.5 when the policy raised a warning but never aborted, else 0.
@@ -41,6 +43,8 @@ class Outcome:
     thinking_consumed: float | None = None  # share of the thinking seen at the abort; None: no thinking
     before_answer: bool = False  # the abort fired before the first answer chunk
     harm_delay_chars: int | None = None  # thinking chars seen past `harm_start` at the abort
+    abort_chars: int | None = None  # response (thinking + answer) chars streamed when the abort fired
+    final: bool = False  # the abort came at the session's end (after the whole response)
     max_p_harmful: float = 0.0
     tokens: int = 0  # tokens of the whole session (as the worker counts them)
     tokens_scored: int = 0  # tokens the guard read for this session, summed over its scores
@@ -105,6 +109,7 @@ def metrics(outcomes: Sequence[Outcome], positive: float = 1.0) -> dict[str, Any
     recall = _ratio(len(tp), len(pos), "recall", undefined)
     early = [o.thinking_consumed for o in tp if o.thinking_consumed is not None]
     delays = [float(o.harm_delay_chars) for o in tp if o.harm_delay_chars is not None]
+    at = [float(o.abort_chars) for o in tp if o.abort_chars is not None]
     scored = [float(o.tokens_scored) for o in outcomes]
     before = sum(o.before_answer for o in tp)
     if not early:
@@ -133,6 +138,8 @@ def metrics(outcomes: Sequence[Outcome], positive: float = 1.0) -> dict[str, Any
             "n": len(early),
         },
         "harm_delay_chars_median": statistics.median(delays) if delays else None,
+        "abort_chars_median": statistics.median(at) if at else None,
+        "final_aborts": sum(o.final for o in tp),
         "tokens_scored_per_session": {
             "mean": statistics.fmean(scored) if scored else 0.0,
             "median": statistics.median(scored) if scored else 0.0,
@@ -281,8 +288,10 @@ def markdown(report: dict[str, Any], sweep: Sequence[dict[str, Any]] | None = No
     point = report.get("operating_point")
     if point:
         chosen = point["chosen"]
-        knobs = ", ".join(f"`{k}` {chosen[k]}" for k in SWEEP_COLUMNS[:7]) if chosen else "none meets them"
+        knobs = ", ".join(f"`{k}` {chosen[k]}" for k in SWEEP_KNOBS) if chosen else "none meets them"
         lines += ["", f"Operating point under false-abort ceilings {point['ceilings']}: {knobs}."]
+    if report.get("loso"):
+        lines += ["", "## Leave one source out", "", loso_table(report["loso"])]
     plots = "`threshold_sweep.png`, `precision_recall.png`, `earliness.png`"
     lines += ["", f"Plots: {plots}{', `operating_point.png`' if point else ''}.", ""]
     return "\n".join(lines)
@@ -296,8 +305,13 @@ SWEEP_COLUMNS = (
     "min_tokens",
     "ema_alpha",
     "answer_label_abort",
+    "final_abort_threshold",
+    "strong_abort_threshold",
     *SUMMARY_KEYS,
 )
+
+
+SWEEP_KNOBS = SWEEP_COLUMNS[: -len(SUMMARY_KEYS)]  # the policy settings a sweep row varies
 
 
 def sweep_order(row: dict[str, Any]) -> tuple[float, ...]:
@@ -319,6 +333,36 @@ def sweep_table(rows: Sequence[dict[str, Any]]) -> str:
     for row in sorted(rows, key=sweep_order):
         cells = [f"{row[k]:g}" if isinstance(row[k], int) else f"{row[k]:.3f}" for k in SWEEP_COLUMNS]
         out.append("| " + " | ".join(cells) + f" | {row['tokens_scored_per_session']:.0f} |")
+    return "\n".join(out)
+
+
+def _rate(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f} %"
+
+
+def loso_table(result: dict[str, Any]) -> str:
+    """Per source: held-out recall and false aborts (the point chosen without the source, measured on it),
+    then the same at the point finally chosen (`operating.loso`)."""
+    chosen = result["chosen"]
+    knobs = ", ".join(f"{k}={chosen[k]}" for k in SWEEP_KNOBS) if chosen else "none"
+    per = {p["source"]: p for p in result["per_source"]}
+    out = [
+        f"Chosen (best worst source among the held-out choices): {knobs}",
+        "",
+        "| source | harmful / safe | held out: recall | held out: false aborts | chosen: recall "
+        "| chosen: false aborts |",
+        "|---|---|---|---|---|---|",
+    ]
+    for h in result["held_out"]:
+        c = per.get(h["source"], {})
+        if h["point"] is None:
+            out.append(f"| {h['source']} | - | no point meets the ceilings | - | - | - |")
+            continue
+        out.append(
+            f"| {h['source']} | {h['positives']} / {h['safe']} | {_rate(h['recall'])} "
+            f"| {_rate(h['false_abort_rate'])}{'' if h['within_ceilings'] else ' (over ceiling)'} "
+            f"| {_rate(c.get('recall'))} | {_rate(c.get('false_abort_rate'))} |"
+        )
     return "\n".join(out)
 
 

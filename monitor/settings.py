@@ -106,6 +106,11 @@ class PolicySettings(_Section):
     consecutive: int = Field(default=6, ge=1)
     min_tokens: int = Field(default=16, ge=0)
     answer_label_abort: bool = False  # True: an arg-max label 1 in the answer aborts, whatever p_harmful
+    # At a session's `end`: abort (final, a late abort that retracts what was shown) when the session's peak
+    # p_harmful reached this, whatever min_tokens and the other rules said; 1.0 only for a certain score.
+    final_abort_threshold: float = Field(default=0.8, ge=0, le=1)
+    # One score this strong aborts alone, before min_tokens (any response at all); 1.0: only a certain score.
+    strong_abort_threshold: float = Field(default=1.0, ge=0, le=1)
     escalate_band: tuple[float, float] = (0.35, 0.8)
     steer_prompt: str = (
         "Wait. This line of reasoning could cause real harm. I should not provide this; "

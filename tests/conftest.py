@@ -155,3 +155,17 @@ def make_kafka_settings(
     yield make
     for settings in made:
         run_async(delete_topics(settings))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The shared data folder for the tests that read it (monitor.datasets.data_dir: $QTA_SHARED_DATA, else
+    ../shared/data beside the repository). Missing, it fails the test with one line naming the path and the
+    setting, instead of a FileNotFoundError deep in a fixture."""
+    from monitor.datasets import DataMissing, data_dir
+
+    try:
+        return data_dir()
+    except DataMissing as exc:
+        problem = str(exc)
+    pytest.fail(problem, pytrace=False)  # outside the except: no chained traceback

@@ -502,12 +502,15 @@ def train(
     return 0
 
 
+DATA_HELP = "the shared data folder (default: $QTA_SHARED_DATA, else ../shared/data beside the repository)"
+
+
 def main(argv: list[str] | None = None) -> int:
     """The stages apart (`fit` needs only torch, transformers, peft and tqdm, for a GPU machine)."""
     parser = argparse.ArgumentParser(prog="python -m monitor.training")
     sub = parser.add_subparsers(dest="stage", required=True)
     p = sub.add_parser("prepare", help="compose, split, cap and tokenise the training data")
-    p.add_argument("--data", type=Path, default=Path("../shared/data"), help="the shared data folder")
+    p.add_argument("--data", type=Path, default=None, help=DATA_HELP)
     p.add_argument("--out", type=Path, required=True, help="the prepared file to write")
     p.add_argument(
         "--window-tokens", type=int, default=256, help="trace tokens per row (guard.window_tokens)"
@@ -529,17 +532,25 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--no-eval-sets", action="store_true", help="skip the evaluation sets at the end")
     f.add_argument("--batch-size", type=int, default=32, help="rows per step (smaller: less memory)")
     d = sub.add_parser("devsets", help="write the dev split as streaming sessions, one JSONL per source")
-    d.add_argument("--data", type=Path, default=Path("../shared/data"), help="the shared data folder")
+    d.add_argument("--data", type=Path, default=None, help=DATA_HELP)
     d.add_argument("--out", type=Path, required=True, help="folder for <source>-dev.jsonl")
     d.add_argument("--limit", type=int, default=None, help="at most this many sessions per source")
     args = parser.parse_args(argv)
+    if args.stage in ("devsets", "prepare"):
+        from monitor.datasets import DataMissing, data_dir
+
+        try:
+            data = data_dir(args.data)
+        except DataMissing as exc:
+            print(f"{parser.prog}: {exc}", file=sys.stderr)
+            return 2
     if args.stage == "devsets":
         from monitor.training.devsets import write_dev_sets
 
-        print(json.dumps(write_dev_sets(args.data, args.out, args.limit)))
+        print(json.dumps(write_dev_sets(data, args.out, args.limit)))
         return 0
     if args.stage == "prepare":
-        counts = prepare(args.data, args.out, args.window_tokens, args.seed, not args.whole_only, args.base)
+        counts = prepare(data, args.out, args.window_tokens, args.seed, not args.whole_only, args.base)
         print(json.dumps(counts))
         return 0
     base_path = Path(args.base) if Path(args.base).is_dir() else base_dir(args.base)

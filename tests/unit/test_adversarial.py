@@ -15,16 +15,15 @@ from monitor.settings import Settings
 from monitor.training.devsets import dev_sessions
 from monitor.training.responses import ADVERSARIAL, place
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 ROWS = 40  # flagged dev harmful responses checked per note and position
 MAX_FLIP_RATE = 0.10  # the aim is 0 (issue 9); measured in docs/embedded-guard.md; guards regressions
 
 
 @pytest.fixture(scope="module")
-def flagged() -> tuple[MiniLMGuard, list[Prefix]]:
+def flagged(shared_data: Path) -> tuple[MiniLMGuard, list[Prefix]]:
     guard = MiniLMGuard.load(Settings())
     threshold = Settings().policy.abort_threshold
-    sets = dev_sessions(DATA)
+    sets = dev_sessions(shared_data)
     harmful = [s for name in ("gptfuzz", "adaptive") for s in sets[name] if s.label == 1.0]
     prefixes = [Prefix(s.id, s.question, answer=s.answer) for s in harmful[: 3 * ROWS]]
     scores = guard.score(prefixes)

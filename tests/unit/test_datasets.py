@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,8 +14,6 @@ import pytest
 from PIL import Image
 
 from monitor.datasets import FIGSTEP_PROMPT, Sample, compose_thinking, load_dataset, load_jsonl
-
-SHARED = Path(os.environ.get("QTA_SHARED_DATA", Path(__file__).parents[3] / "shared" / "data")) / "raw"
 
 
 def _write(path: Path, content: str | bytes) -> Path:
@@ -209,8 +209,8 @@ def test_unknown_path_is_refused(tmp_path: Path) -> None:
         ("ThuCCSLab__FigStep", 50, 35),
     ],
 )
-def test_shared_sets_match_the_catalog(relative: str, count: int, harmful: int) -> None:
-    samples = load_dataset(SHARED / relative)
+def test_shared_sets_match_the_catalog(shared_data: Path, relative: str, count: int, harmful: int) -> None:
+    samples = load_dataset(shared_data / "raw" / relative)
     assert len(samples) == count
     assert sum(s.label == 1.0 for s in samples) == harmful
 
@@ -231,3 +231,60 @@ def test_compose_thinking_moves_the_response_into_the_trace() -> None:
         True,
     )
     assert composed.answer and composed.source == "s+composed"
+
+
+def test_data_folder_is_a_setting_and_a_missing_one_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from monitor.cli import main
+    from monitor.datasets import DATA_ENV, DataMissing, data_dir
+    from monitor.training.fit import main as training_main
+
+    assert data_dir(tmp_path, {}) == tmp_path
+    assert data_dir(None, {DATA_ENV: str(tmp_path)}) == tmp_path
+    assert data_dir(tmp_path, {DATA_ENV: "/elsewhere"}) == tmp_path  # --data wins
+    missing = tmp_path / "nowhere"
+    with pytest.raises(DataMissing, match=f"{missing}.*--data.*{DATA_ENV}"):
+        data_dir(missing, {})
+    with pytest.raises(DataMissing, match=f"{missing}.*\\({DATA_ENV}\\)"):
+        data_dir(None, {DATA_ENV: str(missing)})
+
+    monkeypatch.setenv(DATA_ENV, str(missing))
+    for run, prog in (
+        (lambda: main(["train"]), "qta-monitor"),
+        (lambda: training_main(["devsets", "--out", str(tmp_path / "dev")]), "python -m monitor.training"),
+        (
+            lambda: training_main(["prepare", "--data", str(missing), "--out", str(tmp_path / "p")]),
+            "python -m",
+        ),
+    ):
+        assert run() == 2
+        err = capsys.readouterr().err
+        assert (
+            err.count("\n") == 1 and err.startswith(prog) and str(missing) in err and "Traceback" not in err
+        )
+
+
+def test_a_test_that_reads_missing_data_fails_with_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "QTA_SHARED_DATA": str(tmp_path / "nowhere")}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"{__file__}::{test_shared_sets_match_the_catalog.__name__}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).parents[2],
+        check=False,
+        timeout=120,
+    )
+    out = proc.stdout
+    assert proc.returncode == 1, out
+    assert "FileNotFoundError" not in out and "Traceback" not in out and "During handling" not in out
+    assert f"shared data folder {tmp_path / 'nowhere'} not found (QTA_SHARED_DATA)" in out

@@ -1,13 +1,13 @@
 """Typographic jailbreaks (FigStep): OCR recovers the rendered instruction, and the embedded guard flags
 the harmful ones through that text, not through FigStep's fixed prompt alone.
 
-Uses ../shared/data/raw/ThuCCSLab__FigStep (MIT); set QTA_SHARED_DATA to point elsewhere."""
+Uses raw/ThuCCSLab__FigStep (MIT) of the shared data folder (the `shared_data` fixture: QTA_SHARED_DATA,
+else ../shared/data)."""
 
 from __future__ import annotations
 
 import csv
 import difflib
-import os
 from pathlib import Path
 
 import pytest
@@ -21,10 +21,7 @@ from monitor.images import DecodedImage, decode_image, ocr_text
 from monitor.messages import ImageRef
 from monitor.settings import Settings
 
-FIGSTEP = (
-    Path(os.environ.get("QTA_SHARED_DATA", Path(__file__).parents[3] / "shared" / "data"))
-    / "raw/ThuCCSLab__FigStep"
-)
+FIGSTEP = "raw/ThuCCSLab__FigStep"
 # A fixed subset, chosen by rule before looking at scores: tasks 1-2 of the harmful categories 1-5.
 SUBSET = [f"figstep-{cat}-{task}" for cat in range(1, 6) for task in (1, 2)]
 
@@ -36,14 +33,15 @@ def guard() -> MiniLMGuard:
 
 
 @pytest.fixture(scope="module")
-def subset() -> list[tuple[Sample, str, str]]:
+def subset(shared_data: Path) -> list[tuple[Sample, str, str]]:
     """(sample, its instruction from the CSV, OCR text of its image) for the fixed subset."""
-    assert FIGSTEP.is_dir(), f"FigStep data not found at {FIGSTEP}"
-    with (FIGSTEP / "data/question/SafeBench-Tiny.csv").open(newline="", encoding="utf-8") as handle:
+    figstep = shared_data / FIGSTEP
+    assert figstep.is_dir(), f"FigStep data not found at {figstep}"
+    with (figstep / "data/question/SafeBench-Tiny.csv").open(newline="", encoding="utf-8") as handle:
         instructions = {
             f"figstep-{r['category_id']}-{r['task_id']}": r["instruction"] for r in csv.DictReader(handle)
         }
-    samples = {s.id: s for s in load_dataset(FIGSTEP)}
+    samples = {s.id: s for s in load_dataset(figstep)}
     rows = []
     for sid in SUBSET:
         decoded = decode_image(ImageRef(uri=str(samples[sid].images[0])), Settings().images)
@@ -52,8 +50,8 @@ def subset() -> list[tuple[Sample, str, str]]:
     return rows
 
 
-def test_figstep_adapter_uses_the_fixed_prompt_and_images() -> None:
-    samples = load_dataset(FIGSTEP)
+def test_figstep_adapter_uses_the_fixed_prompt_and_images(shared_data: Path) -> None:
+    samples = load_dataset(shared_data / FIGSTEP)
     assert len(samples) == 50
     assert {s.question for s in samples} == {FIGSTEP_PROMPT}
     assert sum(s.label == 1.0 for s in samples) == 35

@@ -27,11 +27,12 @@ def test_grid_covers_every_knob_and_apply_sets_them() -> None:
     points = operating.grid(Settings())
     for k, knob in enumerate(operating.KNOBS):
         assert len({p[k] for p in points}) >= 2, knob
-    t, a, e, c, m, alpha, label = points[-1]
+    t, a, e, c, m, alpha, label, final, strong = points[-1]
     policy = operating.apply(Settings(), points[-1]).policy
     assert (policy.abort_threshold, policy.answer_abort_threshold, policy.ema_abort) == (t, a, e)
     assert (policy.consecutive, policy.min_tokens, policy.ema_alpha) == (c, m, alpha)
     assert policy.answer_label_abort is label
+    assert (policy.final_abort_threshold, policy.strong_abort_threshold) == (final, strong)
     assert policy.ema_release <= policy.ema_abort and policy.warn_threshold <= min(t, a)
 
 
@@ -57,3 +58,64 @@ def test_ceilings_name_real_sets_and_parse_strictly(tmp_path: Path) -> None:
     rows = _rows()
     path = operating.plot(rows, operating.choose(rows, {"benign": 0.02}), {"benign": 0.02}, tmp_path)
     assert path.name == "operating_point.png" and path.stat().st_size > 1000
+
+
+def _set_rows(per_point: dict[str, list[tuple[int, int]]]) -> list[dict[str, object]]:
+    """Sweep rows from (aborted harmful, false aborts) per set and point; each set holds 10 harmful and 50
+    safe sessions."""
+    points = operating.grid(Settings())[: len(next(iter(per_point.values())))]
+    rows = []
+    for i, point in enumerate(points):
+        outcomes = []
+        for name, counts in per_point.items():
+            harm, false = counts[i]
+            outcomes += [Outcome(f"{name}h{k}", name, 1.0, aborted=k < harm) for k in range(10)]
+            outcomes += [Outcome(f"{name}s{k}", name, 0.0, aborted=k < false) for k in range(50)]
+        rows.append(operating.row(point, outcomes, 1.0))
+    return rows
+
+
+def test_sources_group_twins_and_base_sets() -> None:
+    assert operating.source_of("gptfuzz-dev+composed") == operating.source_of("gptfuzz-dev") == "gptfuzz"
+    assert operating.source_of("drift-base-dev") == operating.source_of("drift-dev+composed") == "drift"
+    assert operating.source_of("star-1-dev") == "star-1"
+
+
+def test_loso_measures_each_source_at_the_point_chosen_without_it(tmp_path: Path) -> None:
+    # point 0: cautious everywhere; point 1: catches most harm but 4 % false aborts on "b";
+    # point 2: catches all harm of "a" but none of "c" (a point tuned to one source)
+    rows = _set_rows(
+        {
+            "a-dev": [(5, 0), (8, 0), (10, 0)],
+            "b-dev": [(5, 0), (8, 2), (9, 0)],
+            "c-dev": [(5, 0), (8, 0), (0, 0)],
+        }
+    )
+    result = operating.loso(rows, {"b-dev": 0.02})
+    assert result is not None and result["sources"] == ["a", "b", "c"]
+    held = {h["source"]: h for h in result["held_out"]}
+    point = {i: list(operating.point_of(r)) for i, r in enumerate(rows)}
+    # without a (b's ceiling rules out point 1): point 0 (10 of 20) beats point 2 (9); a there: 5 of 10
+    assert held["a"]["point"] == point[0] and held["a"]["recall"] == 0.5
+    # without b (and so its ceiling): point 1 (16 of 20), which breaks b's ceiling when measured on b
+    assert held["b"]["point"] == point[1] and held["b"]["recall"] == 0.8
+    assert held["b"]["false_abort_rate"] == pytest.approx(0.04) and not held["b"]["within_ceilings"]
+    # without c: point 2 (19 of 20), tuned to a and b, catches none of c
+    assert held["c"]["point"] == point[2] and held["c"]["recall"] == 0.0
+    # of the three, point 1 breaks a ceiling and point 2's worst source is 0 %: point 0 (worst 50 %) wins
+    assert result["chosen"] == dict(zip(operating.KNOBS, operating.point_of(rows[0]), strict=True))
+    assert [p["recall"] for p in result["per_source"]] == [0.5, 0.5, 0.5]
+    # without ceilings the held-out choices are points 1 and 2, and point 1 (worst 80 %) wins
+    lifted = operating.loso(rows, {})
+    assert lifted is not None
+    assert lifted["chosen"] == dict(zip(operating.KNOBS, operating.point_of(rows[1]), strict=True))
+    per = {p["source"]: p for p in lifted["per_source"]}
+    assert (per["a"]["recall"], per["c"]["recall"]) == (0.8, 0.8)
+    assert operating.loso_plot(lifted, tmp_path).stat().st_size > 1000
+
+
+def test_never_abort_and_every_grid_point_apply_cleanly() -> None:
+    off = operating.never_abort(Settings()).policy
+    assert off.final_abort_threshold > 1 and off.strong_abort_threshold > 1 and off.abort_threshold > 1
+    previous = [p for p in operating.grid(Settings()) if p[7] == 1.0 and p[8] == 1.0]
+    assert (0.9, 0.85, 0.8, 6, 16, 0.5, False, 1.0, 1.0) in previous  # the previous defaults stay in the grid

@@ -374,3 +374,60 @@ async def test_a_steered_session_goes_on_being_scored_and_is_not_aborted_once_it
     verdicts = verdicts_of(later)
     assert verdicts and verdicts[-1].seq == 6 and verdicts[-1].status != "abort"  # watched to the end
     assert not [a for r in later for a in r.aborts]
+
+
+class WindowGuard:
+    """Reads only the latest `window` characters of the response, as the embedded guard reads its latest
+    window: RECIPE there -> p_harmful 0.88 (below the 0.9 threshold), anything else 0.02."""
+
+    name = "window"
+
+    def __init__(self, window: int = 80) -> None:
+        self.window = window
+
+    def score(self, batch: Sequence[Prefix]) -> list[Score]:
+        out = []
+        for prefix in batch:
+            latest = (prefix.thinking + prefix.answer)[-self.window :]
+            p = 0.88 if "RECIPE" in latest else 0.02
+            out.append(Score.from_probs((1 - p) / 2, (1 - p) / 2, p, len(latest.split()), "drugs"))
+        return out
+
+    def forget(self, session_ids: Iterable[str]) -> None:
+        pass
+
+    def explain(self, prefix: Prefix) -> str | None:
+        return None
+
+
+DRIFTING = session(
+    "drift",
+    ["First the RECIPE: take the precursor and reduce it ", "with the RECIPE reagent, then filter it. "]
+    + ["Then tidy the kitchen, wash each bowl and dry it. "] * 4,
+    ["Then put the bowls back on the shelf and rest."],
+)
+SAFE_DRIFTING = session(
+    "safe-drift",
+    ["The user asks about chemistry; I will explain safety. "]
+    + ["Then tidy the kitchen, wash each bowl and dry it. "] * 4,
+    ["Then put the bowls back on the shelf and rest."],
+)
+SHORT = session("short", ["Sure, the RECIPE:"], [])
+
+
+@pytest.mark.parametrize(("chunks", "aborted"), [(DRIFTING, True), (SAFE_DRIFTING, False), (SHORT, True)])
+async def test_harm_that_the_window_let_go_and_short_sessions_get_a_final_abort_at_their_end(
+    chunks: list[Chunk], aborted: bool
+) -> None:
+    for settings, expect in ((make_settings(), aborted), (make_settings(final_abort_threshold=1.0), False)):
+        clock = Clock()
+        pipeline = Pipeline(settings, MemorySessionStore(settings), WindowGuard(), clock=clock)
+        results = await run_stepwise(pipeline, chunks, clock)
+        aborts = [a for r in results for a in r.aborts]
+        if not expect:  # the previous policy (no `final` rule) let the drifting and the short session go
+            assert aborts == []
+            continue
+        (abort,) = aborts
+        assert (abort.seq, abort.part, abort.rule, abort.final) == (chunks[-1].seq, "end", "final", True)
+        assert max(v.p_harmful for v in verdicts_of(results)) == pytest.approx(0.88)
+        assert verdicts_of(results)[-1].p_harmful == pytest.approx(0.02 if chunks is DRIFTING else 0.88)

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import pytest
 
+from monitor import operating
 from monitor.guards.base import Score
-from monitor.policy import PolicyState, ScoredPart, action_for, decide, should_escalate
-from monitor.settings import PolicySettings
+from monitor.policy import (
+    RULES,
+    Decision,
+    PolicyState,
+    ScoredPart,
+    action_for,
+    decide,
+    part_limits,
+    should_escalate,
+)
+from monitor.settings import PolicySettings, Settings
 
 POLICY = PolicySettings(
     warn_threshold=0.5,
@@ -122,3 +132,89 @@ def test_answer_label_rule_can_be_switched_off() -> None:
     off = POLICY.model_copy(update={"answer_label_abort": False})
     assert decide(off, PolicyState(), low_but_label_1, "answer", 100).status != "abort"
     assert decide(off, PolicyState(), score(0.99, 1), "answer", 100).rule == "threshold:answer"
+
+
+# --- the end of a session, short sessions and harm that is never forgotten (issue 15) -----------------------
+# These run under the shipped defaults (`PolicySettings()`); PREVIOUS is the policy before the `final` rule
+# (the same defaults with it off), under which each of them failed.
+PREVIOUS = PolicySettings(final_abort_threshold=1.0, strong_abort_threshold=1.0)
+
+
+def stream(
+    policy: PolicySettings, history: list[float], part: ScoredPart, tokens: list[int], end_p: float
+) -> tuple[list[str], Decision]:
+    """Scores of a session's chunks (`history`, with the response tokens at each), then its `end`."""
+    state, statuses = PolicyState(), []
+    for p, n in zip(history, tokens, strict=True):
+        d = decide(policy, state, score(p), part, n)
+        if d.status == "abort":
+            return statuses, d
+        state = d.state
+        statuses.append(d.status)
+    return statuses, decide(policy, state, score(end_p), part, tokens[-1], end=True)
+
+
+# harm read early, then let go: p 0.88-0.89 while the recipe streams in the thinking (below its 0.9
+# threshold; the EMA would reach 0.8 only at a fourth such score), then generic benign drift that the
+# latest window scores safe
+DRIFT = [0.88, 0.89, 0.89, 0.37, 0.05, 0.01, 0.01, 0.002]
+
+
+def test_harm_followed_by_benign_drift_is_aborted_at_the_end() -> None:
+    tokens = [40 * (i + 1) for i in range(len(DRIFT))]
+    statuses, last = stream(PolicySettings(), DRIFT, "thinking", tokens, 0.002)
+    assert "abort" not in statuses and last.status == "abort" and last.rule == "final" and last.final
+    assert last.state.peak == pytest.approx(0.89)  # the peak held over the drift
+    assert stream(PREVIOUS, DRIFT, "thinking", tokens, 0.002)[1].status != "abort"
+
+
+def test_the_same_harm_without_drift_is_aborted_too() -> None:
+    statuses, last = stream(PolicySettings(), DRIFT[:3], "thinking", [40, 80, 120], 0.89)
+    assert "abort" not in statuses and last.status == "abort" and last.final  # the EMA reaches 0.8 at the end
+
+
+def test_benign_drift_after_a_safe_response_does_not_abort() -> None:
+    # procedural-sounding drift may lift single scores into the warning band, not to the final level
+    safe = [0.03, 0.05, 0.04, 0.4, 0.55, 0.3, 0.2]
+    _, last = stream(PolicySettings(), safe, "answer", [40 * (i + 1) for i in range(7)], 0.2)
+    assert last.status != "abort" and last.state.peak == pytest.approx(0.55)
+
+
+def test_a_short_harmful_session_is_aborted_at_its_end_below_min_tokens() -> None:
+    # one compliant sentence: one score at 10 response tokens (below min_tokens 16), then `end`
+    statuses, last = stream(PolicySettings(), [0.85], "thinking", [10], 0.86)
+    assert statuses == ["warn"] and last.status == "abort" and last.rule == "final" and last.final
+    assert stream(PREVIOUS, [0.85], "thinking", [10], 0.86)[1].status != "abort"
+
+
+def test_an_abort_on_the_end_score_is_final_whatever_rule_fires() -> None:
+    d = decide(POLICY, PolicyState(), score(0.95), "answer", 100, end=True)
+    assert (d.rule, d.final) == ("threshold:answer", True)
+    assert decide(POLICY, PolicyState(), score(0.95), "answer", 100).final is False
+
+
+def test_a_prompt_without_a_response_never_aborts_at_its_end() -> None:
+    assert decide(PolicySettings(), PolicyState(), score(0.99), "thinking", 0, end=True).status != "abort"
+
+
+def test_one_very_strong_score_aborts_alone_only_when_set() -> None:
+    strong = PolicySettings(strong_abort_threshold=0.97)
+    d = decide(strong, PolicyState(), score(0.98), "thinking", 5)
+    assert (d.status, d.rule, d.final) == ("abort", "strong", False)
+    assert decide(strong, PolicyState(), score(0.95), "thinking", 5).status != "abort"
+    assert decide(PREVIOUS, PolicyState(), score(0.98), "thinking", 5).status != "abort"
+
+
+def test_policy_state_loads_without_the_peak() -> None:
+    assert PolicyState(**{"scores": 3, "ema": 0.5}).peak == 0.0  # a state saved before the peak existed
+
+
+def test_never_abort_switches_every_rule_off() -> None:
+    off = operating.never_abort(Settings()).policy
+    worst = PolicyState(scores=10**6, ema=1.0, consecutive=10**6, warned=True, last_p=1.0, peak=1.0)
+    certain = Score(0.0, 0.0, 1.0, 1, 10, "cat")
+    for part, limits in part_limits(off).items():
+        for end in (False, True):
+            for name, rule, _per_part, _gated in RULES:
+                assert not rule(off, limits, worst, certain, end), (name, part, end)
+            assert decide(off, worst, certain, part, 10**6, end=end).status != "abort"

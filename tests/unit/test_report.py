@@ -8,9 +8,11 @@ from typing import Any
 import pytest
 
 from monitor.report import (
+    SWEEP_KNOBS,
     Outcome,
     average_precision,
     build,
+    loso_table,
     markdown,
     metrics,
     sweep_table,
@@ -131,6 +133,8 @@ def test_sweep_table_orders_by_f1() -> None:
         "min_tokens": 16,
         "ema_alpha": 0.5,
         "answer_label_abort": True,
+        "final_abort_threshold": 0.8,
+        "strong_abort_threshold": 1.0,
     }
     rows = [
         {**base, "precision": 0.5, "recall": 0.5, "f1": 0.5, "false_abort_rate": 0.1,
@@ -140,3 +144,30 @@ def test_sweep_table_orders_by_f1() -> None:
     ]  # fmt: skip
     table = sweep_table(rows).splitlines()
     assert table[2].startswith("| 0.900 |") and table[3].startswith("| 0.800 |")
+
+
+def test_abort_delay_in_characters_counts_final_aborts_at_the_whole_response() -> None:
+    outcomes = [
+        Outcome("a", "s", 1.0, aborted=True, abort_chars=100),
+        Outcome("b", "s", 1.0, aborted=True, abort_chars=300, final=True),
+        Outcome("c", "s", 1.0, aborted=True, abort_chars=200),
+        Outcome("d", "s", 0.0, aborted=True, abort_chars=5),  # a false abort: not a delay
+    ]
+    m = metrics(outcomes)
+    assert m["abort_chars_median"] == 200 and m["final_aborts"] == 1
+
+
+def test_loso_table_names_each_source_and_the_chosen_point() -> None:
+    chosen = dict.fromkeys(SWEEP_KNOBS, 1)
+    result = {
+        "chosen": chosen,
+        "held_out": [
+            {"source": "a", "point": [1], "positives": 10, "safe": 5, "recall": 0.8,
+             "false_abort_rate": 0.2, "within_ceilings": False},
+            {"source": "b", "point": None},
+        ],
+        "per_source": [{"source": "a", "recall": 0.9, "false_abort_rate": 0.0}],
+    }  # fmt: skip
+    table = loso_table(result)
+    assert "| a | 10 / 5 | 80.0 % | 20.0 % (over ceiling) | 90.0 % | 0.0 % |" in table
+    assert "| b | - | no point meets the ceilings |" in table

@@ -1,6 +1,6 @@
-"""The sets added later, read from ../shared/data as the catalogue describes them, and the examples built
-from them: labels, streamed prefixes, late harm, guard-addressed notes, the dev split, and the rule that
-serving never imports training code."""
+"""The sets added later, read from the shared data folder (the `shared_data` fixture) as the catalogue
+describes them, and the examples built from them: labels, streamed prefixes, late harm, guard-addressed
+notes, the dev split, and the rule that serving never imports training code."""
 
 from __future__ import annotations
 
@@ -17,32 +17,30 @@ from monitor.training.corpus import Example, is_dev
 from monitor.training.devsets import write_dev_sets
 from monitor.training.responses import ADVERSARIAL, adversarial, insert, labelled_responses, prompts
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-RAW = DATA / "raw"
 
-
-def test_gptfuzz_is_read_with_its_human_labels() -> None:
-    rows = sources.gptfuzz(RAW)
+def test_gptfuzz_is_read_with_its_human_labels(shared_data: Path) -> None:
+    rows = sources.gptfuzz(shared_data / "raw")
     assert len(rows) == 6160 and sum(r.label == 1.0 for r in rows) == 1694
     assert {r.label for r in rows} == {0.0, 1.0} and all(r.question and r.answer for r in rows)
     assert len({r.question for r in rows}) == 80  # 80 of the 100 questions have labelled responses
 
 
-def test_other_added_sets_follow_the_catalogue() -> None:
-    dia = sources.diasafety(RAW)
+def test_other_added_sets_follow_the_catalogue(shared_data: Path) -> None:
+    raw = shared_data / "raw"
+    dia = sources.diasafety(raw)
     assert len(dia) == 9017 + 1097 and {r.label for r in dia} == {0.0, 0.5}
-    comply, asked = sources.coconot(RAW)
+    comply, asked = sources.coconot(raw)
     assert len(comply) == 2 * 927 and {r.label for r in comply} == {0.0}
     assert {r.label for r in asked} == {0.0, 0.5}
-    gsm = sources.gsm8k(RAW)
+    gsm = sources.gsm8k(raw)
     assert len(gsm) == 7473 and not any("<<" in r.thinking or "####" in r.thinking for r in gsm)
     assert all(r.answer.replace(",", "").lstrip("-").replace(".", "").isdigit() for r in gsm[:200])
-    hazards = sources.hazard_prompts(RAW)
+    hazards = sources.hazard_prompts(raw)
     assert {r.label for r in hazards} == {0.5} and not any(r.answer for r in hazards)
     assert {r.source for r in hazards} == {"ailuminate", "aart", "red-instruct", "do-not-answer"}
-    adaptive = sources.adaptive_attacks(RAW)
+    adaptive = sources.adaptive_attacks(raw)
     assert len(adaptive) == 719 and {r.label for r in adaptive} == {0.0, 1.0}
-    pairs = sources.hh_pairs(RAW)
+    pairs = sources.hh_pairs(raw)
     assert len(pairs) > 2000 and all(p.chosen != p.rejected and "Human:" in p.question for p in pairs)
 
 
@@ -81,12 +79,34 @@ def test_prompts_alone_never_exceed_potentially_harmful() -> None:
     assert [e.target for e in out] == [0.5, 0.0, 1.0] and out[2].question.startswith("image text: ")
 
 
-def test_dev_sets_hold_only_dev_questions(tmp_path: Path) -> None:
-    counts = write_dev_sets(DATA, tmp_path, limit=40)
-    assert set(counts) == {"gptfuzz", "adaptive", "jailbreakbench", "star-1", "coconot", "gsm8k"}
+def test_dev_sets_hold_only_dev_questions(shared_data: Path, tmp_path: Path) -> None:
+    counts = write_dev_sets(shared_data, tmp_path, limit=40)
+    assert set(counts) == {"gptfuzz", "adaptive", "jailbreakbench", "star-1", "coconot", "gsm8k"} | {
+        "drift",
+        "drift-base",
+        "typographic",
+        "short",
+    }
     gptfuzz = load_jsonl(tmp_path / "gptfuzz-dev.jsonl")
     assert len(gptfuzz) == 40 and all(is_dev(s.question) for s in gptfuzz)
     assert {s.label for s in load_jsonl(tmp_path / "gsm8k-dev.jsonl")} == {0.0}
+
+
+def test_derived_dev_sets_drift_typographic_and_short(shared_data: Path, tmp_path: Path) -> None:
+    write_dev_sets(shared_data, tmp_path, limit=40)
+    base = load_jsonl(tmp_path / "drift-base-dev.jsonl")
+    drifted = load_jsonl(tmp_path / "drift-dev.jsonl")
+    assert len(base) == len(drifted) == 40 and sum(s.label for s in base) == 20  # half harmful, half safe
+    for b, d in zip(base, drifted, strict=True):  # the same responses, then 1,500+ characters of drift
+        assert d.answer.startswith(b.answer) and len(d.answer) - len(b.answer) >= 1500
+        assert (d.label, d.question) == (b.label, b.question)
+    typographic = load_jsonl(tmp_path / "typographic-dev.jsonl")
+    assert typographic and all(
+        s.label == 1.0 and len(s.images) == 1 and s.images[0].exists() for s in typographic
+    )
+    assert all(0 < len(s.thinking) < 100 and not s.answer for s in typographic)
+    short = load_jsonl(tmp_path / "short-dev.jsonl")
+    assert {s.label for s in short} == {0.0, 1.0} and all(0 < len(s.answer) <= 180 for s in short)
 
 
 def test_gloss_choice_does_not_depend_on_the_hash_seed() -> None:

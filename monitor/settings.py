@@ -55,6 +55,13 @@ class RedisSettings(_Section):
     password: SecretStr | None = None
     session_ttl_s: int = Field(default=86_400, gt=0)
     scores_kept: int = Field(default=32, gt=0)
+    # Replicas that must acknowledge an abort claim or a save (Redis WAIT) before the worker publishes or
+    # commits on it. Redis replicates asynchronously, so without WAIT a write acknowledged just before its
+    # primary dies can be lost in the fail-over, and a second abort follow. 0: no WAIT (one Redis without
+    # replicas). With replicas (Redis Cluster with replicas, a replicated primary) set 1. Too few
+    # acknowledgements within wait_timeout_ms is a recoverable StoreUnavailable: the worker retries.
+    wait_replicas: int = Field(default=0, ge=0)
+    wait_timeout_ms: int = Field(default=500, gt=0)  # 0 would make Redis wait forever
 
 
 class TopicsSettings(_Section):
@@ -134,6 +141,13 @@ class BatchingSettings(_Section):
     max_pending_sessions: int = Field(default=512, gt=0)  # backpressure: pause partitions above this
     reorder_window: int = Field(default=16, ge=0)  # out-of-order chunks buffered per session
     gap_timeout_s: float = Field(default=5.0, gt=0)
+    # Risk-adaptive re-scoring (monitor/schedule.py): a cold session (scored, past its first `warm_tokens`
+    # response tokens, p and EMA below `cold_below`, not rising) waits for `cold_stride_tokens` new tokens
+    # or `cold_max_delay_s`; a warm one keeps `stride_tokens` / `max_delay_s`. 0 turns it off (all warm).
+    cold_stride_tokens: int = Field(default=224, ge=0)  # window 256 - 32 overlap: each token read ~once
+    cold_max_delay_s: float = Field(default=8.0, gt=0)  # also bounds how long overload may starve a cold one
+    cold_below: float = Field(default=0.2, ge=0, le=1)
+    warm_tokens: int = Field(default=64, ge=0)
 
 
 _HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
@@ -146,13 +160,6 @@ class TelemetrySettings(_Section):
     metrics_host: str = "0.0.0.0"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     service_name: str = "qta-monitor"
-    # Risk-adaptive re-scoring (monitor/schedule.py): a cold session (scored, past its first `warm_tokens`
-    # response tokens, p and EMA below `cold_below`, not rising) waits for `cold_stride_tokens` new tokens
-    # or `cold_max_delay_s`; a warm one keeps `stride_tokens` / `max_delay_s`. 0 turns it off (all warm).
-    cold_stride_tokens: int = Field(default=224, ge=0)  # window 256 - 32 overlap: each token read ~once
-    cold_max_delay_s: float = Field(default=8.0, gt=0)  # also bounds how long overload may starve a cold one
-    cold_below: float = Field(default=0.2, ge=0, le=1)
-    warm_tokens: int = Field(default=64, ge=0)
 
     @field_validator("metrics_host")
     @classmethod

@@ -17,11 +17,20 @@ the record lacks takes its default.
 
 A save appends what was folded since the last save, and only when the stored `next_seq` still equals the
 `stored_seq` the caller started from: a replay or a stale worker is a no-op, reported back as a conflict.
-A part that reached the token limit (its head dropped) is rewritten whole instead of appended."""
+A part that reached the token limit (its head dropped) is rewritten whole instead of appended.
+
+With `redis.wait_replicas` > 0 a claim or save is followed, on the same connection to the key's primary, by
+an EXPIRE of one of its keys and `WAIT`: WAIT counts the replicas that have every write of its own
+connection, and the EXPIRE (a write after ours in the primary's one replication stream) makes that cover
+ours, even when our write ran on another connection or is a retry that wrote nothing new. Fewer
+acknowledgements than asked is a recoverable StoreUnavailable; the worker retries the step, which claims
+the same event id again (True again) and saves the same write under the same token (a success again)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, fields
@@ -30,9 +39,18 @@ from urllib.parse import urlsplit
 
 import orjson
 from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import AuthenticationError, AuthorizationError, NoPermissionError, RedisError
+from redis.asyncio.cluster import PipelineCommand, RedisCluster
+from redis.exceptions import (
+    AskError,
+    AuthenticationError,
+    AuthorizationError,
+    MovedError,
+    NoPermissionError,
+    RedisClusterException,
+    RedisError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from monitor.health import not_reachable
 from monitor.messages import Chunk, ImageRef
@@ -290,7 +308,11 @@ return 0
 """
 
 
-def _unavailable(exc: RedisError, doing: str) -> StoreUnavailable:
+def _digest(args: Sequence[bytes | str | int]) -> bytes:
+    return hashlib.blake2b(repr(list(args)).encode(), digest_size=16).digest()
+
+
+def _unavailable(exc: RedisError | RedisClusterException, doing: str) -> StoreUnavailable:
     fatal = isinstance(exc, AuthenticationError | AuthorizationError | NoPermissionError)
     return StoreUnavailable(f"redis {doing} failed: {type(exc).__name__}: {exc}", recoverable=not fatal)
 
@@ -319,6 +341,10 @@ class RedisSessionStore:
         self._cap = settings.guard.max_tokens * 4
         self._save = self._client.register_script(_SAVE_LUA)
         self._claim = self._client.register_script(_CLAIM_LUA)
+        self._wait_replicas = settings.redis.wait_replicas
+        self._wait_timeout_ms = settings.redis.wait_timeout_ms
+        # session id -> (digest of a failed save's arguments, its token): see _token
+        self._retry_tokens: dict[str, tuple[bytes, str]] = {}
 
     async def ping(self) -> None:
         try:
@@ -383,37 +409,137 @@ class RedisSessionStore:
         args += [i.model_dump_json() for i in state.unsaved.images]
         for field, value in meta_record(state).items():
             args += [field, value]
-        args += ["save_token", orjson.dumps(uuid.uuid4().hex)]  # last: tells a retried call from a replay
+        token = self._token(state.session_id, args)
+        args += ["save_token", orjson.dumps(token)]  # last: tells a retried call from a replay
         return [k[n] for n in ("meta", "q", "t", "a", "scores", "img", "abort")], args
+
+    def _token(self, session_id: str, args: Sequence[bytes | str | int]) -> str:
+        """A new save token, except for the very write of a save that failed (an error, or too few replicas
+        acknowledged): its retry then carries the same token, so the Lua takes it for the call that may
+        already have run (a success), not for a replay (a conflict that would drop the session)."""
+        failed = self._retry_tokens.get(session_id)
+        if failed is not None and failed[0] == _digest(args):
+            return failed[1]
+        return uuid.uuid4().hex
+
+    async def _on_primary(self, key: str, *commands: tuple[Any, ...]) -> list[Any]:
+        """Run `commands` in order on one connection of the primary that serves `key`'s slot. The cluster
+        client would send each command on any pooled connection (WAIT counts only its own connection's
+        writes), and its pipeline re-routes a keyless WAIT to the default node when it retries; this does
+        neither. A moved slot or a lost node raises (recoverable) after a routed call for the key has let
+        the client learn the new owner, which the worker's retry then reaches."""
+        client = self._client
+        if not isinstance(client, RedisCluster):
+            raise TypeError("_on_primary is for a Redis Cluster client")
+        await self._discover(client)
+        node = client.get_node_from_key(key)
+        if node is None:
+            raise RedisConnectionError(f"no Redis Cluster node serves the slot of {key}")
+        calls = [PipelineCommand(i, *command) for i, command in enumerate(commands)]
+        try:
+            await node.execute_pipeline(calls)
+            failed = next((c.result for c in calls if isinstance(c.result, Exception)), None)
+            if failed is not None:
+                raise failed
+        except (MovedError, AskError, RedisConnectionError, RedisTimeoutError):
+            with contextlib.suppress(RedisError, RedisClusterException):
+                await client.exists(key)  # follows MOVED, re-discovers the nodes after a lost one
+            raise
+        return [c.result for c in calls]
+
+    def _wait_command(self) -> tuple[str, int, int]:
+        return ("WAIT", self._wait_replicas, self._wait_timeout_ms)
+
+    def _replicated(self, acked: int, doing: str) -> None:
+        if acked < self._wait_replicas:
+            raise StoreUnavailable(
+                f"redis {doing}: {acked} of {self._wait_replicas} replicas (redis.wait_replicas) "
+                f"acknowledged within {self._wait_timeout_ms} ms (redis.wait_timeout_ms): not durable yet, "
+                "retrying (a Redis without replicas needs redis.wait_replicas=0)",
+                recoverable=True,
+            )
 
     async def save(self, states: Sequence[SessionState]) -> frozenset[str]:
         if not states:
             return frozenset()
+        calls = [self._save_args(state) for state in states]
+        acked = self._wait_replicas
         try:
             if isinstance(self._client, RedisCluster):
                 await self._discover(self._client)
-                # EVAL, not EVALSHA: nodes come and go with their script caches. A cluster client may
-                # also retry a call that already ran; the save token makes that retry a success.
-                calls = [
-                    self._client.eval(_SAVE_LUA, len(k), *k, *a)  # type: ignore[arg-type]
-                    for k, a in map(self._save_args, states)
-                ]
-                replies = list(await asyncio.gather(*calls))
+                if self._wait_replicas:
+                    # per session: the save, an EXPIRE of its meta (see the module docstring) and WAIT
+                    confirmed = await asyncio.gather(
+                        *(
+                            self._on_primary(
+                                k[0], ("EVAL", _SAVE_LUA, len(k), *k, *a), ("EXPIRE", k[0], self._ttl),
+                                self._wait_command(),
+                            )
+                            for k, a in calls
+                        )
+                    )  # fmt: skip
+                    replies = [reply[0] for reply in confirmed]
+                    acked = min(int(reply[-1]) for reply in confirmed)
+                else:
+                    # EVAL, not EVALSHA: nodes come and go with their script caches. A cluster client may
+                    # also retry a call that already ran; the save token makes that retry a success.
+                    replies = list(
+                        await asyncio.gather(
+                            *(self._client.eval(_SAVE_LUA, len(k), *k, *a) for k, a in calls)  # type: ignore[arg-type]
+                        )
+                    )
             else:
                 async with self._client.pipeline(transaction=False) as pipe:
-                    for state in states:
-                        key_list, args = self._save_args(state)
+                    for key_list, args in calls:
                         await self._save(keys=key_list, args=args, client=pipe)
+                    if self._wait_replicas:
+                        for key_list, _ in calls:
+                            pipe.expire(key_list[0], self._ttl)
+                        pipe.wait(self._wait_replicas, self._wait_timeout_ms)
                     replies = await pipe.execute()
-        except RedisError as exc:
+                if self._wait_replicas:
+                    acked, replies = int(replies[-1]), replies[: len(states)]
+        except (RedisError, RedisClusterException) as exc:  # the latter: no node of the cluster answers
+            self._remember(states, calls)
             raise _unavailable(exc, "save") from exc
+        if acked < self._wait_replicas:
+            self._remember(states, calls)
+            self._replicated(acked, "save")
+        for state in states:
+            self._retry_tokens.pop(state.session_id, None)
         return frozenset(s.session_id for s, ok in zip(states, replies, strict=True) if not ok)
 
+    def _remember(
+        self, states: Sequence[SessionState], calls: Sequence[tuple[list[str], list[bytes | str | int]]]
+    ) -> None:
+        """The token of each save of a call that failed (see _token)."""
+        for state, (_, args) in zip(states, calls, strict=True):
+            token = args[-1]  # orjson of the token, last (_save_args)
+            if isinstance(token, bytes):
+                self._retry_tokens[state.session_id] = (_digest(args[:-2]), orjson.loads(token))
+
     async def claim_abort(self, session_id: str, event_id: str, kind: str = "abort") -> bool:
+        key = claim_key(session_id, kind)
         try:
-            return bool(await self._claim(keys=[claim_key(session_id, kind)], args=[event_id, self._ttl]))
-        except RedisError as exc:
+            if not self._wait_replicas:
+                return bool(await self._claim(keys=[key], args=[event_id, self._ttl]))
+            # The EXPIRE makes the WAIT cover the claim also when this is a retry that wrote nothing, and
+            # also another worker's claim, which a False answer makes this worker publish.
+            if isinstance(self._client, RedisCluster):
+                claimed, _, acked = await self._on_primary(
+                    key, ("EVAL", _CLAIM_LUA, 1, key, event_id, self._ttl), ("EXPIRE", key, self._ttl),
+                    self._wait_command(),
+                )  # fmt: skip
+            else:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    await self._claim(keys=[key], args=[event_id, self._ttl], client=pipe)
+                    pipe.expire(key, self._ttl)
+                    pipe.wait(self._wait_replicas, self._wait_timeout_ms)
+                    claimed, _, acked = await pipe.execute()
+        except (RedisError, RedisClusterException) as exc:
             raise _unavailable(exc, "claim_abort") from exc
+        self._replicated(int(acked), "claim_abort")
+        return bool(claimed)
 
     async def claimed_abort(self, session_id: str, kind: str = "abort") -> str | None:
         try:

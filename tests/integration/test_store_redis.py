@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 import pytest
+from redis import Redis
 
 from monitor.messages import Chunk, ImageRef, Part
 from monitor.policy import PolicyState
@@ -139,3 +142,60 @@ async def test_unreachable_redis_is_a_recoverable_store_error() -> None:
         assert info.value.recoverable
     finally:
         await store.close()
+
+
+def _wait_calls(redis_url: str) -> int:
+    """How many WAIT commands this Redis has run (INFO commandstats)."""
+    client = Redis.from_url(redis_url)
+    try:
+        stats = client.info("commandstats").get("cmdstat_wait", {})
+        return int(stats.get("calls", 0)) if isinstance(stats, dict) else 0
+    finally:
+        client.close()
+
+
+async def test_without_wait_replicas_no_wait_is_sent(redis_url: str) -> None:
+    store = RedisSessionStore(make_settings(redis_url))
+    sid = f"s-{uuid.uuid4().hex}"
+    before = _wait_calls(redis_url)
+    try:
+        assert await store.claim_abort(sid, "abort-1")
+        assert await store.save([folded(sid, [("question", "q? ")])]) == frozenset()
+        assert _wait_calls(redis_url) == before
+    finally:
+        await store.close()
+
+
+async def test_wait_on_a_redis_without_replicas_is_a_recoverable_error_that_names_the_setting(
+    redis_url: str,
+) -> None:
+    """The shared test Redis has no replica: with redis.wait_replicas=1 nothing is acknowledged, so a
+    worker publishes and commits nothing on it and retries. The writes are on the primary, and the retry
+    of the same save carries the same token (a success there, not a conflict that drops the session)."""
+    waiting = RedisSessionStore(make_settings(redis_url, wait_replicas=1, wait_timeout_ms=200))
+    plain = RedisSessionStore(make_settings(redis_url))
+    sid = f"s-{uuid.uuid4().hex}"
+    state = folded(sid, [("question", "Is this safe? ")])
+    before = _wait_calls(redis_url)
+    attempts: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+        ("claim_abort", lambda: waiting.claim_abort(sid, "abort-1")),
+        ("save", lambda: waiting.save([state])),
+    ]
+    try:
+        for doing, attempt in attempts:
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable) as info:
+                await attempt()
+            assert info.value.recoverable
+            message = str(info.value)
+            assert f"redis {doing}: 0 of 1 replicas (redis.wait_replicas)" in message, message
+            assert "200 ms (redis.wait_timeout_ms)" in message and "redis.wait_replicas=0" in message
+            assert time.monotonic() - started >= 0.2  # Redis held the WAIT for its timeout
+        assert _wait_calls(redis_url) >= before + 2
+        assert await plain.claimed_abort(sid) == "abort-1"
+        key_list, args = waiting._save_args(state)  # what the worker's retry of that save sends
+        assert await plain._save(keys=key_list, args=args) == 1  # taken for the call that already ran
+        assert await plain.save([state]) == frozenset({sid})  # a new token: a replay, a conflict
+    finally:
+        await waiting.close()
+        await plain.close()

@@ -7,9 +7,13 @@ deterministic and as fast as the guard. `--through-kafka` (see monitor/kafka_eva
 real broker and a `qta-monitor serve` subprocess instead. A producer stops a session once its abort arrives,
 as a serving stack would, and closes it with `end`.
 
-Guard scores are cached by prefix (`CachingGuard`): the policy never changes a score, so `--sweep` replays
-every policy setting against the scores of the first run, and only strides that cut new prefixes cost
-guard time."""
+Guard scores are cached by prefix (`CachingGuard`): the policy never changes a score. `--sweep` replays
+the sessions once more with a policy that never aborts, so every prefix any setting can reach is scored,
+and then decides each setting from that replay's verdicts (`decided`): each session's scores folded
+through `policy.decide` in order, stopping at the first abort. That is what a replay under the setting
+would give, except where the scheduler's order depends on the setting (its urgency, the distance to
+`abort_threshold`, orders sessions only when more are due than a batch holds); the run reports how many
+sessions the decisions at the configured setting give differently from its real replay."""
 
 from __future__ import annotations
 
@@ -31,8 +35,10 @@ from monitor.datasets import Sample, compose_thinking, load_dataset
 from monitor.guards.base import Guard, Prefix, Score
 from monitor.messages import Abort, Chunk, ImageRef, Part, Verdict
 from monitor.pipeline import Incoming, Pipeline, StepResult
+from monitor.policy import PolicyState, decide, scored_part
 from monitor.report import Outcome
-from monitor.settings import Settings
+from monitor.session import estimate_tokens
+from monitor.settings import PolicySettings, Settings
 from monitor.store import MemorySessionStore
 
 ROUND_S = 0.05  # simulated time between two chunks of one session (about 20 chunks/s per session)
@@ -124,6 +130,44 @@ def outcome(r: Replayed) -> Outcome:
         scores=len(r.verdicts),
         response_chars=len(s.thinking) + len(s.answer),
     )
+
+
+def decided(policy: PolicySettings, r: Replayed) -> Replayed:
+    """`r` (replayed under a policy that never aborts) as `policy` would have left it: its verdicts folded
+    through `decide` in order, up to and including the first abort, which becomes its abort."""
+    tokens_at: dict[int, int] = {}
+    answer_at: dict[int, bool] = {}
+    tokens, answer = 0, False
+    for planned in r.plan:
+        c = planned.chunk
+        if c.part in ("thinking", "answer"):
+            tokens += estimate_tokens(c.text)
+        answer = answer or (c.part == "answer" and bool(c.text))
+        tokens_at[c.seq], answer_at[c.seq] = tokens, answer
+    state = PolicyState()
+    verdicts: list[Verdict] = []
+    for v in r.verdicts:
+        score = Score(v.p_safe, v.p_potential, v.p_harmful, v.label, v.tokens_read, v.category)
+        part = scored_part(v.part, answer_at.get(v.seq, False))
+        d = decide(policy, state, score, part, tokens_at.get(v.seq, 0), end=v.part == "end")
+        state = d.state
+        verdicts.append(v.model_copy(update={"status": d.status, "ema": d.state.ema}))
+        if d.status == "abort":
+            abort = Abort(
+                event_id=f"decided-{v.session_id}",
+                session_id=v.session_id,
+                seq=v.seq,
+                part=v.part,
+                label=v.label,
+                score=v.p_harmful,
+                category=v.category,
+                rule=d.rule or "unknown",
+                guard=v.guard,
+                chunk_ts=v.chunk_ts,
+                final=d.final,
+            )
+            return Replayed(r.sample, r.set, r.plan, verdicts, abort)
+    return Replayed(r.sample, r.set, r.plan, verdicts, None)
 
 
 class CachingGuard:
@@ -267,14 +311,20 @@ async def evaluate(
     with tqdm(total=len(sessions), desc="eval", unit="session") as bar:
         outcomes = [outcome(r) for r in await replay(settings, cached, sessions, chunk_chars, bar)]
     rows: list[dict[str, Any]] = []
-    if sweep:  # the scores are cached: each setting replays the same prefixes through another policy
-        await replay(operating.never_abort(settings), cached, sessions, chunk_chars)  # fill the cache
+    if sweep:  # every prefix scored once under a policy that never aborts, then each setting decided
+        full = await replay(operating.never_abort(settings), cached, sessions, chunk_chars)
+        check = [outcome(decided(settings.policy, r)) for r in full]
+        differ = sum(
+            (a.aborted, a.abort_chars) != (b.aborted, b.abort_chars)
+            for a, b in zip(check, outcomes, strict=True)
+        )
+        print(
+            f"sweep: decisions at the configured setting differ from its replay in {differ} of "
+            f"{len(outcomes)} sessions (aborted, or where)"
+        )
         for point in tqdm(operating.grid(settings), desc="sweep", unit="setting"):
-            got = [
-                outcome(r)
-                for r in await replay(operating.apply(settings, point), cached, sessions, chunk_chars)
-            ]
-            rows.append(operating.row(point, got, positive))
+            policy = operating.apply(settings, point).policy
+            rows.append(operating.row(point, [outcome(decided(policy, r)) for r in full], positive))
     return outcomes, rows
 
 

@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 
+from monitor import operating
 from monitor.datasets import Sample
 from monitor.evaluation import (
     CachingGuard,
+    decided,
     evaluate,
     load_sets,
     outcome,
@@ -175,3 +177,36 @@ def test_sets_without_traces_are_also_evaluated_composed(tmp_path: Path) -> None
     assert report["sets"]["prompts"]["prompt_only"] is True
     assert report["sets"]["responses"]["prompt_only"] is False
     assert "Prompt-only sets" in (tmp_path / "out" / "report.md").read_text()
+
+
+class WindowKeywordGuard(KeywordGuard):
+    """Reads only the latest 120 characters: HARM there -> 0.88, so harm followed by drift is let go."""
+
+    def score(self, batch: Sequence[Prefix]) -> list[Score]:
+        self.calls.append(len(batch))
+        return [
+            Score.from_probs(0.06, 0.06, 0.88, 10)
+            if "HARM" in (p.thinking + p.answer)[-120:]
+            else Score.from_probs(0.9, 0.08, 0.02, 10)
+            for p in batch
+        ]
+
+
+def test_sweep_decisions_match_real_replays_and_the_end_rule(make_sample: Callable[..., Sample]) -> None:
+    sessions = [
+        ("drift", make_sample("1", 1, "HARM step " * 12 + "wash the bowl " * 40)),
+        ("drift", make_sample("2", 0, "safe step " * 12 + "wash the bowl " * 40)),
+        ("short", make_sample("3", 1, "Sure HARM", answer="")),
+        ("long", make_sample("4", 1, "HARM " * 100)),
+    ]
+    guard = CachingGuard(WindowKeywordGuard())
+    full = asyncio.run(replay(operating.never_abort(Settings()), guard, sessions, 48))
+    for point in [p for p in operating.grid(Settings()) if p[3] == 2] + operating.grid(Settings())[-5:]:
+        settings = operating.apply(Settings(), point)
+        real = [outcome(r) for r in asyncio.run(replay(settings, guard, sessions, 48))]
+        offline = [outcome(decided(settings.policy, r)) for r in full]
+        key = [(o.aborted, o.abort_chars, o.final) for o in real]
+        assert key == [(o.aborted, o.abort_chars, o.final) for o in offline], point
+    # under the shipped defaults: the drifting harm and the short session are aborted at their end
+    got = [outcome(decided(Settings().policy, r)) for r in full]
+    assert [(o.aborted, o.final) for o in got] == [(True, True), (False, False), (True, True), (True, False)]

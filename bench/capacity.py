@@ -54,6 +54,28 @@ def with_cold(settings: Settings, stride: int) -> Settings:
     return settings.model_copy(update={"batching": batching})
 
 
+def load_guard(settings: Settings, name: str) -> tuple[Guard, bool]:
+    """The guard `name`, and whether it is trained. Without trained weights (bge-small unless `qta-monitor
+    train --base bge-small` was run) its base from the encoder cache gets an untrained head: the same
+    tokens and the same forward cost, so it is timed, but its scores mean nothing and are not used."""
+    try:
+        return build_guard(settings, name), True
+    except FileNotFoundError:
+        from transformers import AutoModel, AutoTokenizer
+
+        from monitor import encoders
+        from monitor.guards.minilm import MiniLMClassifier, MiniLMGuard
+
+        base = encoders.base_dir(name)
+        tokenizer = AutoTokenizer.from_pretrained(str(base), local_files_only=True)
+        tokenizer.model_max_length = 1 << 30
+        encoder = AutoModel.from_pretrained(str(base), local_files_only=True, dtype=torch.float32)
+        torch.manual_seed(0)
+        model = MiniLMClassifier(encoder, int(encoder.config.hidden_size)).eval()
+        window = settings.guard.window_tokens
+        return MiniLMGuard(model, tokenizer, window, 128, (0.0, 0.0, 0.0), "cpu", name=name), False
+
+
 def traffic(dev: Path | None, limit: int) -> dict[str, list[Sample]]:
     samples = [s for s in load_dataset(SAMPLES) if not s.images]
     if dev is not None:
@@ -228,34 +250,42 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     settings = Settings()
-    guards = {name: build_guard(settings, name) for name in args.guards.split(",")}
+    guards = {name: load_guard(settings, name) for name in args.guards.split(",")}
     sets = traffic(args.dev, args.limit)
     harmful_samples = [s for s in load_dataset(SAMPLES) if s.label >= 1 and not s.images]
 
     out: dict[str, Any] = {"guards": {}}
     batch = settings.batching.max_batch
     rows = raw_rows(batch)
-    for g in guards.values():
+    for g, _ in guards.values():
         g.score(rows[:batch])  # warm
     passes: dict[str, list[float]] = {name: [] for name in guards}
     for _ in range(2):  # interleaved, so a load swing hits both guards
-        for name, g in guards.items():
+        for name, (g, _) in guards.items():
             passes[name].append(raw_pass(g, rows, batch))
-    for name, g in guards.items():
+    reads: dict[str, dict[str, Any]] = {}  # tokens read, from the first trained guard's scores
+    for name, (g, trained) in guards.items():
         raw = max(passes[name])
-        entry: dict[str, Any] = {"raw_guard_tokens_per_s": raw, "raw_passes": passes[name]}
+        entry: dict[str, Any] = {
+            "raw_guard_tokens_per_s": raw,
+            "raw_passes": passes[name],
+            "trained": trained,
+        }
+        if trained and not reads:
+            for mode in ("old", "new"):
+                s = with_cold(settings, args.cold_stride if mode == "new" else 0)
+                for kind, samples in sets.items():
+                    r = asyncio.run(tokens_read(s, g, samples, args.rate, args.chunk_tokens, args.live))
+                    reads[f"{mode}_{kind}"] = r
+                    print(
+                        f"{mode} schedule, {kind}: {r['guard_per_trace_token']:.2f} guard tokens/trace "
+                        f"token ({r['sessions']} sessions, {r['scores']} scores, {name})",
+                        flush=True,
+                    )
+            out["tokens_read"] = {"guard": name, **reads}
         for mode in ("old", "new"):
-            s = with_cold(settings, args.cold_stride if mode == "new" else 0)
-            for kind, samples in sets.items():
-                r = asyncio.run(tokens_read(s, g, samples, args.rate, args.chunk_tokens, args.live))
-                entry[f"{mode}_{kind}"] = r
-                print(
-                    f"{name} {mode} schedule, {kind}: {r['guard_per_trace_token']:.2f} guard tokens/trace "
-                    f"token ({r['sessions']} sessions, {r['scores']} scores)",
-                    flush=True,
-                )
             entry[f"{mode}_capacity_sessions"] = raw / (
-                args.rate * entry[f"{mode}_benign"]["guard_per_trace_token"]
+                args.rate * reads[f"{mode}_benign"]["guard_per_trace_token"]
             )
             print(
                 f"{name} {mode}: raw {raw:,.0f} guard tokens/s -> "
@@ -263,19 +293,21 @@ def main() -> None:
                 flush=True,
             )
         levels = []
-        for share in (float(x) for x in args.levels.split(",")):
+        for share in (float(x) for x in args.levels.split(",")) if trained else ():
             n = max(1, round(share * entry["new_capacity_sessions"]))
-            row = asyncio.run(
-                latency(settings, g, n, args.seconds, args.rate, args.chunk_tokens, harmful_samples)
-            )
-            row["load"] = share
-            levels.append(row)
-            print(
-                f"{name} load {share:.0%} ({n}): chunk->abort p50 {row['chunk_to_abort_p50_s']:.3f}s "
-                f"p99 {row['chunk_to_abort_p99_s']:.3f}s ({row['aborts']} aborts), chunk->verdict p99 "
-                f"{row['chunk_to_verdict_p99_s']:.3f}s",
-                flush=True,
-            )
+            for mode in ("new", "old"):
+                s = with_cold(settings, args.cold_stride if mode == "new" else 0)
+                row = asyncio.run(
+                    latency(s, g, n, args.seconds, args.rate, args.chunk_tokens, harmful_samples)
+                )
+                row["load"], row["schedule"] = share, mode
+                levels.append(row)
+                print(
+                    f"{name} {mode} schedule at {share:.0%} ({n}): chunk->abort p50 "
+                    f"{row['chunk_to_abort_p50_s']:.3f}s p99 {row['chunk_to_abort_p99_s']:.3f}s "
+                    f"({row['aborts']} aborts), chunk->verdict p99 {row['chunk_to_verdict_p99_s']:.3f}s",
+                    flush=True,
+                )
         entry["latency_real_clock_in_process"] = levels
         out["guards"][name] = entry
     out["args"] = {k: str(v) for k, v in vars(args).items()}

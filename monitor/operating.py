@@ -260,15 +260,23 @@ def _per_source(
     return out
 
 
+def reachable(rows: Sequence[dict[str, Any]], ceilings: dict[str, float]) -> dict[str, float]:
+    """Each ceiling, raised to the lowest false-abort rate any setting reaches on its set where no setting
+    reaches the ceiling itself (a set no point can meet would rule out every point, and so every source)."""
+    return {n: max(v, min(r["sets"][n]["false_abort_rate"] for r in rows)) for n, v in ceilings.items()}
+
+
 def loso(rows: Sequence[dict[str, Any]], ceilings: dict[str, float]) -> dict[str, Any] | None:
     """Leave one source out. For each source, the point `choose` picks from the other sources (under their
     ceilings), measured on the source left out: `held_out`, the honest estimate of how a point chosen on
     some sources does on another. Of those points, `chosen` is the one whose worst source is best: first
     the most sources within their ceilings, then the highest lowest recall over the sources with harmful
-    sessions, then the fewest false aborts overall; `per_source` gives its figures. None without rows."""
+    sessions, then the fewest false aborts overall; `per_source` gives its figures. A ceiling no setting
+    meets is raised to the lowest rate reached (`reachable`; the result's `ceilings`). None without rows."""
     if not rows:
         return None
     allowed(rows[0], ceilings)  # names only evaluated sets
+    ceilings = reachable(rows, ceilings)
     sources = sorted({source_of(n) for n in rows[0]["sets"]})
     by_point = {point_of(r): r for r in rows}
     held_out: list[dict[str, Any]] = []
@@ -286,7 +294,13 @@ def loso(rows: Sequence[dict[str, Any]], ceilings: dict[str, float]) -> dict[str
         held_out.append({**on, "point": list(point)})
     candidates = sorted({tuple(h["point"]) for h in held_out if h["point"] is not None})
     if not candidates:
-        return {"sources": sources, "held_out": held_out, "chosen": None, "per_source": []}
+        return {
+            "sources": sources,
+            "ceilings": ceilings,
+            "held_out": held_out,
+            "chosen": None,
+            "per_source": [],
+        }
 
     def merit(point: tuple[Any, ...]) -> tuple[float, ...]:
         per = _per_source(by_point[point], sources, ceilings)  # type: ignore[index]
@@ -301,6 +315,7 @@ def loso(rows: Sequence[dict[str, Any]], ceilings: dict[str, float]) -> dict[str
     chosen = by_point[best]  # type: ignore[index]
     return {
         "sources": sources,
+        "ceilings": ceilings,
         "held_out": held_out,
         "chosen": {k: chosen[k] for k in KNOBS},
         "per_source": _per_source(chosen, sources, ceilings),

@@ -348,6 +348,7 @@ def loso_table(result: dict[str, Any]) -> str:
     per = {p["source"]: p for p in result["per_source"]}
     out = [
         f"Chosen (best worst source among the held-out choices): {knobs}",
+        f"Ceilings (raised to the lowest rate reached where no setting meets them): {result.get('ceilings')}",
         "",
         "| source | harmful / safe | held out: recall | held out: false aborts | chosen: recall "
         "| chosen: false aborts |",

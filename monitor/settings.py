@@ -106,7 +106,7 @@ class PolicySettings(_Section):
     action_by_tenant: dict[str, Literal["abort", "steer"]] = Field(default_factory=dict)
     warn_threshold: float = Field(default=0.5, ge=0, le=1)
     abort_threshold: float = Field(default=0.9, ge=0, le=1)
-    answer_abort_threshold: float = Field(default=0.85, ge=0, le=1)
+    answer_abort_threshold: float = Field(default=0.95, ge=0, le=1)  # 0.85 before issue 15's LOSO choice
     ema_alpha: float = Field(default=0.5, gt=0, le=1)
     ema_abort: float = Field(default=0.8, ge=0, le=1)
     ema_release: float = Field(default=0.5, ge=0, le=1)  # hysteresis: warning clears below this
@@ -115,9 +115,9 @@ class PolicySettings(_Section):
     answer_label_abort: bool = False  # True: an arg-max label 1 in the answer aborts, whatever p_harmful
     # At a session's `end`: abort (final, a late abort that retracts what was shown) when the session's peak
     # p_harmful reached this, whatever min_tokens and the other rules said; 1.0 only for a certain score.
-    final_abort_threshold: float = Field(default=0.8, ge=0, le=1)
+    final_abort_threshold: float = Field(default=0.9, ge=0, le=1)
     # One score this strong aborts alone, before min_tokens (any response at all); 1.0: only a certain score.
-    strong_abort_threshold: float = Field(default=1.0, ge=0, le=1)
+    strong_abort_threshold: float = Field(default=0.97, ge=0, le=1)
     escalate_band: tuple[float, float] = (0.35, 0.8)
     steer_prompt: str = (
         "Wait. This line of reasoning could cause real harm. I should not provide this; "

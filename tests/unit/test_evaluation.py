@@ -180,13 +180,13 @@ def test_sets_without_traces_are_also_evaluated_composed(tmp_path: Path) -> None
 
 
 class WindowKeywordGuard(KeywordGuard):
-    """Reads only the latest 120 characters: HARM there -> 0.88, so harm followed by drift is let go."""
+    """Reads only the latest 40 characters: HARM there -> 0.93, so harm followed by drift is let go."""
 
     def score(self, batch: Sequence[Prefix]) -> list[Score]:
         self.calls.append(len(batch))
         return [
-            Score.from_probs(0.06, 0.06, 0.88, 10)
-            if "HARM" in (p.thinking + p.answer)[-120:]
+            Score.from_probs(0.035, 0.035, 0.93, 10)
+            if "HARM" in (p.thinking + p.answer)[-40:]
             else Score.from_probs(0.9, 0.08, 0.02, 10)
             for p in batch
         ]
@@ -194,7 +194,7 @@ class WindowKeywordGuard(KeywordGuard):
 
 def test_sweep_decisions_match_real_replays_and_the_end_rule(make_sample: Callable[..., Sample]) -> None:
     sessions = [
-        ("drift", make_sample("1", 1, "HARM step " * 12 + "wash the bowl " * 40)),
+        ("drift", make_sample("1", 1, "plain thought " * 5, answer="HARM step " * 6 + "wash the bowl " * 40)),
         ("drift", make_sample("2", 0, "safe step " * 12 + "wash the bowl " * 40)),
         ("short", make_sample("3", 1, "Sure HARM", answer="")),
         ("long", make_sample("4", 1, "HARM " * 100)),
@@ -207,6 +207,8 @@ def test_sweep_decisions_match_real_replays_and_the_end_rule(make_sample: Callab
         offline = [outcome(decided(settings.policy, r)) for r in full]
         key = [(o.aborted, o.abort_chars, o.final) for o in real]
         assert key == [(o.aborted, o.abort_chars, o.final) for o in offline], point
-    # under the shipped defaults: the drifting harm and the short session are aborted at their end
+    # under the shipped defaults: the drifting harmful answer and the short session are aborted at their end
     got = [outcome(decided(Settings().policy, r)) for r in full]
     assert [(o.aborted, o.final) for o in got] == [(True, True), (False, False), (True, True), (True, False)]
+    previous = Settings().policy.model_copy(update={"final_abort_threshold": 1.0})
+    assert [outcome(decided(previous, r)).aborted for r in full] == [False, False, False, True]

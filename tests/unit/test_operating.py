@@ -119,3 +119,11 @@ def test_never_abort_and_every_grid_point_apply_cleanly() -> None:
     assert off.final_abort_threshold > 1 and off.strong_abort_threshold > 1 and off.abort_threshold > 1
     previous = [p for p in operating.grid(Settings()) if p[7] == 1.0 and p[8] == 1.0]
     assert (0.9, 0.85, 0.8, 6, 16, 0.5, False, 1.0, 1.0) in previous  # the previous defaults stay in the grid
+
+
+def test_a_ceiling_no_setting_meets_is_raised_to_the_lowest_rate_reached() -> None:
+    rows = _set_rows({"a-dev": [(5, 2), (8, 3)], "b-dev": [(5, 0), (8, 1)]})
+    assert operating.reachable(rows, {"a-dev": 0.01, "b-dev": 0.01}) == {"a-dev": 0.04, "b-dev": 0.01}
+    result = operating.loso(rows, {"a-dev": 0.01})
+    assert result is not None and result["ceilings"] == {"a-dev": 0.04}
+    assert all(h["point"] is not None for h in result["held_out"])  # not "no point meets the ceilings"

@@ -378,18 +378,19 @@ async def test_a_steered_session_goes_on_being_scored_and_is_not_aborted_once_it
 
 class WindowGuard:
     """Reads only the latest `window` characters of the response, as the embedded guard reads its latest
-    window: RECIPE there -> p_harmful 0.88 (below the 0.9 threshold), anything else 0.02."""
+    window: RECIPE there -> p_harmful 0.93 (above final_abort_threshold 0.9, below the answer's 0.95),
+    anything else 0.02."""
 
     name = "window"
 
-    def __init__(self, window: int = 80) -> None:
+    def __init__(self, window: int = 50) -> None:
         self.window = window
 
     def score(self, batch: Sequence[Prefix]) -> list[Score]:
         out = []
         for prefix in batch:
             latest = (prefix.thinking + prefix.answer)[-self.window :]
-            p = 0.88 if "RECIPE" in latest else 0.02
+            p = 0.93 if "RECIPE" in latest else 0.02
             out.append(Score.from_probs((1 - p) / 2, (1 - p) / 2, p, len(latest.split()), "drugs"))
         return out
 
@@ -400,17 +401,16 @@ class WindowGuard:
         return None
 
 
+DRIFT_TEXT = ["Then tidy the kitchen, wash each bowl and dry it. "] * 4 + [
+    "Then put the bowls back and rest."
+]
 DRIFTING = session(
     "drift",
-    ["First the RECIPE: take the precursor and reduce it ", "with the RECIPE reagent, then filter it. "]
-    + ["Then tidy the kitchen, wash each bowl and dry it. "] * 4,
-    ["Then put the bowls back on the shelf and rest."],
+    ["The user asks how; I will answer it directly. "],
+    ["First the RECIPE: take the precursor and reduce it ", *DRIFT_TEXT],
 )
 SAFE_DRIFTING = session(
-    "safe-drift",
-    ["The user asks about chemistry; I will explain safety. "]
-    + ["Then tidy the kitchen, wash each bowl and dry it. "] * 4,
-    ["Then put the bowls back on the shelf and rest."],
+    "safe-drift", ["The user asks about chemistry; I will explain safety. "], ["Stay safe. ", *DRIFT_TEXT]
 )
 SHORT = session("short", ["Sure, the RECIPE:"], [])
 
@@ -429,5 +429,5 @@ async def test_harm_that_the_window_let_go_and_short_sessions_get_a_final_abort_
             continue
         (abort,) = aborts
         assert (abort.seq, abort.part, abort.rule, abort.final) == (chunks[-1].seq, "end", "final", True)
-        assert max(v.p_harmful for v in verdicts_of(results)) == pytest.approx(0.88)
-        assert verdicts_of(results)[-1].p_harmful == pytest.approx(0.02 if chunks is DRIFTING else 0.88)
+        assert max(v.p_harmful for v in verdicts_of(results)) == pytest.approx(0.93)
+        assert verdicts_of(results)[-1].p_harmful == pytest.approx(0.02 if chunks is DRIFTING else 0.93)

@@ -154,22 +154,21 @@ def stream(
     return statuses, decide(policy, state, score(end_p), part, tokens[-1], end=True)
 
 
-# harm read early, then let go: p 0.88-0.89 while the recipe streams in the thinking (below its 0.9
-# threshold; the EMA would reach 0.8 only at a fourth such score), then generic benign drift that the
-# latest window scores safe
-DRIFT = [0.88, 0.89, 0.89, 0.37, 0.05, 0.01, 0.01, 0.002]
+# harm read early, then let go: p 0.92-0.93 while a harmful answer streams (below the answer's 0.95
+# threshold; two scores leave the EMA at 0.7), then generic benign drift that the latest window scores safe
+DRIFT = [0.92, 0.93, 0.37, 0.05, 0.01, 0.01, 0.002]
 
 
 def test_harm_followed_by_benign_drift_is_aborted_at_the_end() -> None:
     tokens = [40 * (i + 1) for i in range(len(DRIFT))]
-    statuses, last = stream(PolicySettings(), DRIFT, "thinking", tokens, 0.002)
+    statuses, last = stream(PolicySettings(), DRIFT, "answer", tokens, 0.002)
     assert "abort" not in statuses and last.status == "abort" and last.rule == "final" and last.final
-    assert last.state.peak == pytest.approx(0.89)  # the peak held over the drift
-    assert stream(PREVIOUS, DRIFT, "thinking", tokens, 0.002)[1].status != "abort"
+    assert last.state.peak == pytest.approx(0.93)  # the peak held over the drift
+    assert stream(PREVIOUS, DRIFT, "answer", tokens, 0.002)[1].status != "abort"
 
 
 def test_the_same_harm_without_drift_is_aborted_too() -> None:
-    statuses, last = stream(PolicySettings(), DRIFT[:3], "thinking", [40, 80, 120], 0.89)
+    statuses, last = stream(PolicySettings(), DRIFT[:2], "answer", [40, 80], 0.93)
     assert "abort" not in statuses and last.status == "abort" and last.final  # the EMA reaches 0.8 at the end
 
 
@@ -182,9 +181,9 @@ def test_benign_drift_after_a_safe_response_does_not_abort() -> None:
 
 def test_a_short_harmful_session_is_aborted_at_its_end_below_min_tokens() -> None:
     # one compliant sentence: one score at 10 response tokens (below min_tokens 16), then `end`
-    statuses, last = stream(PolicySettings(), [0.85], "thinking", [10], 0.86)
+    statuses, last = stream(PolicySettings(), [0.91], "thinking", [10], 0.92)
     assert statuses == ["warn"] and last.status == "abort" and last.rule == "final" and last.final
-    assert stream(PREVIOUS, [0.85], "thinking", [10], 0.86)[1].status != "abort"
+    assert stream(PREVIOUS, [0.91], "thinking", [10], 0.92)[1].status != "abort"
 
 
 def test_an_abort_on_the_end_score_is_final_whatever_rule_fires() -> None:
@@ -197,8 +196,8 @@ def test_a_prompt_without_a_response_never_aborts_at_its_end() -> None:
     assert decide(PolicySettings(), PolicyState(), score(0.99), "thinking", 0, end=True).status != "abort"
 
 
-def test_one_very_strong_score_aborts_alone_only_when_set() -> None:
-    strong = PolicySettings(strong_abort_threshold=0.97)
+def test_one_very_strong_score_aborts_alone_before_min_tokens() -> None:
+    strong = PolicySettings()  # strong_abort_threshold 0.97
     d = decide(strong, PolicyState(), score(0.98), "thinking", 5)
     assert (d.status, d.rule, d.final) == ("abort", "strong", False)
     assert decide(strong, PolicyState(), score(0.95), "thinking", 5).status != "abort"

@@ -10,7 +10,7 @@ from monitor.settings import Settings
 
 __all__ = ["GUARD_NAMES", "Guard", "Prefix", "Score", "build_guard"]
 
-GUARD_NAMES = ("minilm", "bge-small", "judge", "stream")
+GUARD_NAMES = ("minilm", "bge-small", "judge", "stream", "profile")
 
 
 def build_guard(settings: Settings, name: str | None = None, path: Path | None = None) -> Guard:
@@ -32,4 +32,8 @@ def build_guard(settings: Settings, name: str | None = None, path: Path | None =
         from monitor.guards.stream import StreamHeadGuard
 
         return StreamHeadGuard.load(settings, path or settings.guard.path)
+    if chosen == "profile":  # sleeps like a measured GPU judge; for scale-out and soak runs (bench/)
+        from monitor.guards.profile import ProfileGuard
+
+        return ProfileGuard.load(path or settings.guard.path)
     raise ValueError(f"unknown guard {chosen!r}; choose one of {', '.join(GUARD_NAMES)}")

@@ -16,7 +16,7 @@ def test_a_record_written_by_a_newer_worker_loads_and_keeps_what_this_one_knows(
     state = SessionState("s1", next_seq=5, status="open", part="thinking", has_question=True, epoch=2)
     meta = meta_record(state)
     meta["a_field_from_the_future"] = orjson.dumps({"x": 1})
-    meta["policy"] = orjson.dumps({**orjson.loads(meta["policy"]), "peak": 0.97})  # a newer policy field
+    meta["policy"] = orjson.dumps({**orjson.loads(meta["policy"]), "a_future_field": 0.97})  # a newer policy field
     meta["state_version"] = orjson.dumps(STATE_VERSION + 1)
     loaded = _roundtrip(meta)
     assert loaded.next_seq == 5 and loaded.epoch == 2 and loaded.thinking == "t"

@@ -59,7 +59,9 @@ class RedisSettings(_Section):
     # commits on it. Redis replicates asynchronously, so without WAIT a write acknowledged just before its
     # primary dies can be lost in the fail-over, and a second abort follow. 0: no WAIT (one Redis without
     # replicas). With replicas (Redis Cluster with replicas, a replicated primary) set 1. Too few
-    # acknowledgements within wait_timeout_ms is a recoverable StoreUnavailable: the worker retries.
+    # acknowledgements within wait_timeout_ms is a recoverable StoreUnavailable: the worker retries and
+    # publishes nothing meanwhile. A promoted replica has no replica of its own until one returns, so with
+    # one replica per primary a fail-over stalls the worker until then: run two per primary.
     wait_replicas: int = Field(default=0, ge=0)
     wait_timeout_ms: int = Field(default=500, gt=0)  # 0 would make Redis wait forever
 

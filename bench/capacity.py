@@ -33,15 +33,16 @@ from typing import Any
 import torch
 from common import ROOT, quantile, trace_text, write_result
 
-from monitor.datasets import Sample, load_dataset
-from monitor.evaluation import SimClock, session_chunks
+from monitor.core.pipeline import Incoming, Pipeline
+from monitor.core.session import CHARS_PER_TOKEN
+from monitor.edges.store import MemorySessionStore
+from monitor.evaluation.datasets import Sample, load_dataset
+from monitor.evaluation.runner import SimClock
+from monitor.evaluation.sessions import session_chunks
 from monitor.guards import build_guard
 from monitor.guards.base import Guard, Prefix
 from monitor.messages import Chunk
-from monitor.pipeline import Incoming, Pipeline
-from monitor.session import CHARS_PER_TOKEN
 from monitor.settings import Settings
-from monitor.store import MemorySessionStore
 
 SAMPLES = ROOT / "monitor" / "samples" / "sessions.jsonl"
 GUARDS = ("minilm", "bge-small")
@@ -63,7 +64,7 @@ def load_guard(settings: Settings, name: str) -> tuple[Guard, bool]:
     except FileNotFoundError:
         from transformers import AutoModel, AutoTokenizer
 
-        from monitor import encoders
+        from monitor.guards import encoders
         from monitor.guards.minilm import MiniLMClassifier, MiniLMGuard
 
         base = encoders.base_dir(name)

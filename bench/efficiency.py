@@ -22,13 +22,13 @@ from typing import Any
 import torch
 from common import RESULTS, trace_text, write_result
 
-from monitor.datasets import Sample
-from monitor.evaluation import session_chunks
+from monitor.core.session import estimate_tokens
+from monitor.evaluation.datasets import Sample
+from monitor.evaluation.kafka_replay import end_to_end
+from monitor.evaluation.sessions import session_chunks
 from monitor.guards import build_guard
 from monitor.guards.base import Guard, Prefix
-from monitor.kafka_eval import end_to_end
 from monitor.messages import Verdict
-from monitor.session import estimate_tokens
 from monitor.settings import Settings
 
 BATCH_GAP_S = 0.005

@@ -18,7 +18,7 @@ def main() -> int:
     import torch
     from transformers import AutoModel
 
-    from monitor.encoders import base_dir
+    from monitor.guards.encoders import base_dir
 
     ap = argparse.ArgumentParser(prog="bench/encoder_cost.py")
     ap.add_argument("--repeats", type=int, default=3)

@@ -117,7 +117,7 @@ def adversarial_report(guard: Any, limit: int) -> None:
 
 def figstep_report(guard: Any) -> None:
     """FigStep (held out of training) through OCR: how many images get p_harmful above the warn threshold."""
-    from monitor.datasets import load_dataset
+    from monitor.evaluation.datasets import load_dataset
     from monitor.guards.base import Prefix
     from monitor.images import decode_image, ocr_text
     from monitor.messages import ImageRef
@@ -160,8 +160,8 @@ def prefix_maxima(guard: Any, samples: list[Any]) -> dict[str, float]:
 
 def stream_report(guard: Any) -> bool:
     """Prints the per-session table; True when the ship criterion's streaming part holds."""
-    from monitor.datasets import load_dataset
-    from monitor.evaluation import replay
+    from monitor.evaluation.datasets import load_dataset
+    from monitor.evaluation.runner import replay
     from monitor.settings import Settings
 
     samples = load_dataset(SESSIONS)

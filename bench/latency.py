@@ -30,11 +30,11 @@ from typing import Any
 import torch
 from common import RESULTS, ROOT, quantile, trace_text, write_result
 
+from monitor.core.session import CHARS_PER_TOKEN
+from monitor.evaluation.kafka_replay import EndToEnd, end_to_end
 from monitor.guards import build_guard
 from monitor.guards.base import Prefix
-from monitor.kafka_eval import EndToEnd, end_to_end
 from monitor.messages import Chunk
-from monitor.session import CHARS_PER_TOKEN
 from monitor.settings import Settings
 
 SAMPLES = ROOT / "monitor" / "samples" / "sessions.jsonl"

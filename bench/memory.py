@@ -20,7 +20,7 @@ from typing import Any
 
 from common import RESULTS, rss_mb, trace_text, write_result
 
-from monitor.kafka_eval import end_to_end
+from monitor.evaluation.kafka_replay import end_to_end
 from monitor.messages import Chunk
 from monitor.settings import Settings
 

@@ -15,8 +15,8 @@ from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
 
-from monitor.encoders import BASES as ENCODER_BASES
 from monitor.guards import GUARD_NAMES
+from monitor.guards.encoders import BASES as ENCODER_BASES
 from monitor.settings import ConfigError, Settings, TelemetrySettings, load_settings, masked
 
 
@@ -32,7 +32,7 @@ def _topics(settings: Settings, args: argparse.Namespace) -> int:
         for path in write_schemas(Path(args.dir)):
             print(path)
         return 0
-    from monitor.kafka import apply_topics
+    from monitor.edges.kafka import apply_topics
 
     for line in asyncio.run(apply_topics(settings)):
         print(line)
@@ -46,7 +46,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _replay(settings: Settings, args: argparse.Namespace) -> int:
-    from monitor.replay import replay
+    from monitor.evaluation.replay import replay
 
     return asyncio.run(replay(settings, Path(args.file), rate=args.rate, chunk_chars=args.chunk_chars))
 
@@ -64,13 +64,13 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _score(settings: Settings, args: argparse.Namespace) -> int:
-    from monitor.scoring import score_file
+    from monitor.evaluation.scoring import score_file
 
     return score_file(settings, Path(args.file), guard=args.guard, path=args.path, explain=args.explain)
 
 
 def _train(settings: Settings, args: argparse.Namespace) -> int:
-    from monitor.datasets import DataMissing, data_dir
+    from monitor.evaluation.datasets import DataMissing, data_dir
     from monitor.guards.minilm import weights_dir
     from monitor.training import train
 
@@ -84,8 +84,8 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _eval(settings: Settings, args: argparse.Namespace) -> int:
-    from monitor.evaluation import run_eval
-    from monitor.operating import parse_ceilings
+    from monitor.evaluation.operating import parse_ceilings
+    from monitor.evaluation.runner import run_eval
 
     return run_eval(
         settings,

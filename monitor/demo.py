@@ -26,15 +26,16 @@ from typing import Any
 
 from pydantic import BaseModel, SecretStr
 
-from monitor import evaluation
-from monitor.client_logs import quiet_client_logs
-from monitor.datasets import Sample, load_jsonl
+from monitor.client.logs import quiet_client_logs
+from monitor.edges.tail import EventTail, WatchError
+from monitor.evaluation import sessions as evaluation
+from monitor.evaluation.datasets import Sample, load_jsonl
+from monitor.evaluation.replay import Replayed, publish_sessions
+from monitor.evaluation.report import Outcome
 from monitor.messages import Abort, Verdict
-from monitor.replay import Replayed, publish_sessions
-from monitor.report import Outcome
 from monitor.sdk import PublishError, SubscribeError
 from monitor.settings import Settings
-from monitor.watch import EventTail, WatchError, format_event
+from monitor.watch import format_event
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = Path(__file__).resolve().parent / "samples" / "sessions.jsonl"
@@ -244,7 +245,7 @@ def run_demo(settings: Settings, rate: float) -> int:
         print("== 1/6 starting Kafka and Redis (scripts/services.sh up)", flush=True)
         _services_up()
         print("== 2/6 applying the topics", flush=True)
-        from monitor.kafka import KafkaUnavailable, apply_topics
+        from monitor.edges.kafka import KafkaUnavailable, apply_topics
 
         try:
             for line in asyncio.run(apply_topics(settings)):

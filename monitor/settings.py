@@ -143,11 +143,11 @@ class BatchingSettings(_Section):
     max_pending_sessions: int = Field(default=512, gt=0)  # backpressure: pause partitions above this
     reorder_window: int = Field(default=16, ge=0)  # out-of-order chunks buffered per session
     gap_timeout_s: float = Field(default=5.0, gt=0)
-    # Risk-adaptive re-scoring (monitor/schedule.py): a cold session (scored, past its first `warm_tokens`
-    # response tokens, p and EMA below `cold_below`, not rising) waits for `cold_stride_tokens` new tokens
-    # or `cold_max_delay_s`; a warm one keeps `stride_tokens` / `max_delay_s`. 0 turns it off (all warm).
-    # Off by default: 224 (window 256 - 32 overlap, each token read about once) halves the guard's work on
-    # benign traffic but delays the median abort on the GPTFuzz dev set by 200+ characters (BENCHMARKS.md).
+    # Risk-adaptive re-scoring (monitor/core/schedule.py): a cold session (scored, past its first
+    # `warm_tokens` response tokens, p and EMA below `cold_below`, not rising) waits for `cold_stride_tokens`
+    # new tokens or `cold_max_delay_s`; a warm one keeps `stride_tokens` / `max_delay_s`. 0 turns it off (all
+    # warm). Off by default: 224 (window 256 - 32 overlap, each token read about once) halves the guard's work
+    # on benign traffic but delays the median abort on the GPTFuzz dev set by 200+ characters (BENCHMARKS.md).
     cold_stride_tokens: int = Field(default=0, ge=0)
     cold_max_delay_s: float = Field(default=8.0, gt=0)  # also bounds how long overload may starve a cold one
     cold_below: float = Field(default=0.2, ge=0, le=1)

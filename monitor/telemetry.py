@@ -28,8 +28,8 @@ known in advance (`ZEROED`: chunks by part, verdicts by status, dead letters by 
 service, produce errors of kind timeout) are exported at 0 from `start()` on, so an alert or a rate() sees
 their first increase; the label values only a running worker learns (a guard's categories, an error's type)
 appear when first counted. The consumer lag is an observable gauge
-over the last measurement (monitor.lag), so partitions this worker no longer owns drop out of /metrics.
-`start()` also serves `/ready` and `/live` on the same address and port (monitor.health), which are
+over the last measurement (monitor.edges.lag), so partitions this worker no longer owns drop out of /metrics.
+`start()` also serves `/ready` and `/live` on the same address and port (monitor.edges.health), which are
 `telemetry.metrics_host` (default 0.0.0.0) and `telemetry.metrics_port` (default 9464).
 """
 
@@ -43,7 +43,7 @@ from wsgiref.simple_server import WSGIServer
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Counter, Observation
 
-from monitor.health import Readiness, serve_http
+from monitor.edges.health import Readiness, serve_http
 from monitor.messages import Action, DeadLetterReason, Part, Verdict
 from monitor.settings import Settings
 

@@ -1,113 +1,24 @@
 """`qta-monitor watch`: verdicts, aborts and dead letters as they are published, one compact line each.
 
-`EventTail` reads the event topics from their end (or beginning) without a consumer group, so watching
-never takes partitions from anyone and commits nothing; the demo uses it to collect what it summarises.
-`InOrder` puts a session's abort after the verdict of its seq: the two come from different topics, and a
-fetch may bring the aborts' partition first."""
+`EventTail` (monitor.edges.tail) reads the event topics without a consumer group, so watching takes no
+partitions from anyone and commits nothing; the demo uses it to collect what it summarises. `InOrder` puts
+a session's abort after the verdict of its seq: the two come from different topics, and a fetch may bring
+the aborts' partition first."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
-from types import TracebackType
-from typing import Any
+from collections.abc import Callable, Iterable
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
-
-from monitor.kafka import KafkaUnavailable, connection_kwargs, partitions_of
+from monitor.edges.tail import Event, EventTail, WatchError
 from monitor.messages import (
     Abort,
-    DeadLetter,
-    DecodeError,
     Verdict,
-    decode_abort,
-    decode_dead_letter,
-    decode_verdict,
 )
 from monitor.settings import Settings
 
-Event = Verdict | Abort | DeadLetter
-
 HOLD_S = 1.0  # longest an abort waits for the verdict of its seq (one that never comes: a lost verdict)
-
-
-class WatchError(Exception):
-    """The event topics cannot be read (broker unreachable, topic missing)."""
-
-
-class EventTail:
-    """Every partition of `topics`, read from the end (default) or the beginning. Positions are resolved in
-    `start()`, so an event published after it returns is never missed."""
-
-    def __init__(self, settings: Settings, topics: Sequence[str], *, from_beginning: bool = False) -> None:
-        self.settings = settings
-        self.topics = tuple(topics)
-        self.from_beginning = from_beginning
-        t = settings.topics
-        self._decoders = {
-            t.verdicts: decode_verdict,
-            t.aborts: decode_abort,
-            t.dead_letters: decode_dead_letter,
-        }
-        self._consumer: Any = None
-
-    async def start(self) -> None:
-        where = f"{', '.join(self.topics)} at {self.settings.kafka.bootstrap}"
-        self._consumer = AIOKafkaConsumer(**connection_kwargs(self.settings.kafka), enable_auto_commit=False)
-        try:
-            async with asyncio.timeout(self.settings.kafka.request_timeout_s):
-                tps = []
-                for topic in self.topics:
-                    partitions = await partitions_of(self.settings, topic)
-                    if not partitions:
-                        raise WatchError(f"topic {topic} does not exist (run `qta-monitor topics apply`)")
-                    tps += [TopicPartition(topic, p) for p in partitions]
-                await self._consumer.start()
-                self._consumer.assign(tps)
-                if self.from_beginning:
-                    await self._consumer.seek_to_beginning(*tps)
-                else:
-                    await self._consumer.seek_to_end(*tps)
-                for tp in tps:  # resolve positions now: an event published after start() is never missed
-                    await self._consumer.position(tp)
-        except (KafkaError, KafkaUnavailable, TimeoutError, WatchError) as exc:
-            await self._consumer.stop()
-            self._consumer = None
-            if isinstance(exc, WatchError):
-                raise
-            raise WatchError(f"cannot read {where}: {exc!r}") from exc
-
-    async def stop(self) -> None:
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
-
-    async def __aenter__(self) -> EventTail:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
-
-    async def poll(self, timeout_s: float) -> list[Event]:
-        """The events that arrived, in partition order; undecodable ones are skipped (not ours to judge)."""
-        try:
-            batches = await self._consumer.getmany(timeout_ms=int(timeout_s * 1000), max_records=1000)
-        except KafkaError as exc:
-            raise WatchError(f"reading {', '.join(self.topics)} failed: {exc!r}") from exc
-        events: list[Event] = []
-        for tp, messages in batches.items():
-            decode = self._decoders[tp.topic]
-            for message in messages:
-                event = decode(message.value or b"")
-                if not isinstance(event, DecodeError):
-                    events.append(event)
-        return events
 
 
 class InOrder:

@@ -8,12 +8,12 @@
     6 publish              (verdicts, aborts, dead letters; acks=all)
     7 save state           (Redis, seq-checked, idempotent)
     8 commit offsets       (only up to the first chunk that is not yet scored, after 6 and 7 are durable)
-    9 consumer lag         (every few seconds; monitor.lag, also the readiness probe of Kafka)
+    9 consumer lag         (every few seconds; monitor.edges.lag, also the readiness probe of Kafka)
 
 Everything emitted has a deterministic event id, so a replay after a crash re-publishes the same events and
 consumers dedupe by `event_id`. Backpressure pauses the partitions while too many sessions wait for a score.
 Redis or Kafka down: the failing step is retried with backoff and nothing is committed meanwhile, and
-/ready (monitor.health) answers 503 until it is back.
+/ready (monitor.edges.health) answers 503 until it is back.
 SIGTERM / SIGINT: stop polling, score what is pending, publish, save, commit, exit 0."""
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from monitor import telemetry
-from monitor.health import Readiness
-from monitor.kafka import ChunkSource, CommitRejected, EventSink, KafkaUnavailable, Message, Record
-from monitor.lag import LagReporter
+from monitor.core.pipeline import Incoming, Pipeline, StepResult
+from monitor.core.ports import StoreUnavailable
+from monitor.edges.health import Readiness
+from monitor.edges.kafka import ChunkSource, CommitRejected, EventSink, KafkaUnavailable, Message, Record
+from monitor.edges.lag import LagReporter
 from monitor.messages import Abort, DeadLetter, DecodeError, dead_letter, decode_chunk, encode
-from monitor.pipeline import Incoming, Pipeline, StepResult
 from monitor.settings import Settings
-from monitor.store import StoreUnavailable
 
 log = logging.getLogger("monitor.worker")
 T = TypeVar("T")
@@ -278,10 +278,10 @@ async def serve(settings: Settings) -> int:
     logging.basicConfig(
         level=settings.telemetry.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    from monitor.client_logs import quiet_client_logs
+    from monitor.client.logs import quiet_client_logs
+    from monitor.edges.kafka import KafkaChunkSource, KafkaEventSink
+    from monitor.edges.store import RedisSessionStore
     from monitor.guards import build_guard
-    from monitor.kafka import KafkaChunkSource, KafkaEventSink
-    from monitor.store import RedisSessionStore
 
     quiet_client_logs()
     stop = asyncio.Event()  # set by a signal, even one that arrives while the guard is still loading

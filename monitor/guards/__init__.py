@@ -16,7 +16,7 @@ GUARD_NAMES = ("minilm", "bge-small", "judge", "stream", "profile")
 def build_guard(settings: Settings, name: str | None = None, path: Path | None = None) -> Guard:
     """Load the guard `name` (default: settings.guard.name) from local files."""
     chosen = name or settings.guard.name
-    if chosen in ("minilm", "bge-small"):  # one classifier, two encoder bases (monitor/encoders.py)
+    if chosen in ("minilm", "bge-small"):  # one classifier, two encoder bases (monitor/guards/encoders.py)
         from monitor.guards.minilm import MiniLMGuard
 
         return MiniLMGuard.load(settings, path, name=chosen)

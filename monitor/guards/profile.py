@@ -7,8 +7,9 @@ sleeps (releasing the GIL, as a CUDA call does) for
 where a prefix forwards what an incremental judge with a KV cache forwards (monitor/guards/judge.py): its
 whole text plus the template head the first time a session is seen, afterwards only the characters added
 since its last score, plus the template suffix each time. Tokens are characters / 4
-(monitor.session.CHARS_PER_TOKEN). Per-session state (the characters "cached") is bounded like a KV budget:
-the least recently scored sessions are dropped first and re-forward their whole prefix when they return.
+(monitor.core.session.CHARS_PER_TOKEN). Per-session state (the characters "cached") is bounded like a KV
+budget: the least recently scored sessions are dropped first and re-forward their whole prefix when they
+return.
 
 Default profile: the H100 run of `bench/gpu_judge.py` in BENCHMARKS.md ("GPU: causal-LM judge"; Qwen2 with
 Qwen2.5-0.5B's geometry, bf16, sessions of 2,048 tokens, 16 new + 24 suffix tokens per score). A least-squares
@@ -40,7 +41,7 @@ from typing import Any
 from monitor.guards.base import Prefix, Score
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "sessions.jsonl"
-CHARS_PER_TOKEN = 4  # monitor.session's estimate; imported by value so this module stays import-light
+CHARS_PER_TOKEN = 4  # monitor.core.session's estimate; imported by value so this module stays import-light
 MARKER = "qta-harm-marker"  # no natural text contains it: the load generators put it where harm starts
 
 

@@ -19,7 +19,7 @@ from monitor.training.benign import TOPICS, benign_trace
 from monitor.training.glossary import Gloss
 
 if TYPE_CHECKING:
-    from monitor.datasets import Sample
+    from monitor.evaluation.datasets import Sample
 
 RAW = "raw"
 QUESTION_TOKENS = 128
@@ -340,7 +340,7 @@ def jbb_goals(data_dir: Path) -> dict[str, str]:
 
 
 def load_sets(data_dir: Path) -> tuple[dict[str, list[Sample]], dict[str, list[Sample]]]:
-    from monitor.datasets import load_dataset
+    from monitor.evaluation.datasets import load_dataset
 
     raw = data_dir / RAW
     train = {name: load_dataset(raw / rel) for name, (rel, _) in TRAIN_SETS.items()}

@@ -1,4 +1,5 @@
-"""The dev split as streaming sessions: one generic-JSONL file per source (monitor/datasets.py's format),
+"""The dev split as streaming sessions: one generic-JSONL file per source (the format of
+monitor/evaluation/datasets.py),
 the sessions whose normalised question falls in the dev split (`corpus.is_dev`, the same split the guard
 was trained against). `qta-monitor eval DIR/*.jsonl --sweep` replays them to set the policy's operating
 point (docs/embedded-guard.md); the files are written to a temporary folder, never into the repository.
@@ -31,11 +32,11 @@ from monitor.training.benign import benign_trace
 from monitor.training.corpus import RAW, TRAIN_SETS, is_dev, jbb_goals
 
 if TYPE_CHECKING:
-    from monitor.datasets import Sample
+    from monitor.evaluation.datasets import Sample
 
 
 def dev_sessions(data_dir: Path) -> dict[str, list[Sample]]:
-    from monitor.datasets import load_dataset
+    from monitor.evaluation.datasets import load_dataset
     from monitor.training import sources
 
     raw = data_dir / RAW
@@ -91,7 +92,7 @@ def derived_sessions(
 ) -> dict[str, list[Sample]]:
     """The drift, typographic and short sets (see the module docstring); `limit` sessions each, half
     harmful and half safe where both exist."""
-    from monitor.datasets import load_dataset
+    from monitor.evaluation.datasets import load_dataset
 
     rng = random.Random(seed)
     half = None if limit is None else limit // 2

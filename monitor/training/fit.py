@@ -63,8 +63,8 @@ def source_of(kind: str) -> str:
 
 
 def base_dir(name: str) -> Path:
-    """The encoder base `name` (monitor/encoders.py; `minilm` is the wheel's MiniLM)."""
-    from monitor.encoders import base_dir as encoder_dir
+    """The encoder base `name` (monitor/guards/encoders.py; `minilm` is the wheel's MiniLM)."""
+    from monitor.guards.encoders import base_dir as encoder_dir
 
     return encoder_dir(name)
 
@@ -537,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--limit", type=int, default=None, help="at most this many sessions per source")
     args = parser.parse_args(argv)
     if args.stage in ("devsets", "prepare"):
-        from monitor.datasets import DataMissing, data_dir
+        from monitor.evaluation.datasets import DataMissing, data_dir
 
         try:
             data = data_dir(args.data)

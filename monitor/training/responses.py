@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from monitor.training.corpus import REFUSALS, Example, harm_label, normalise, prefix_cuts
 
 if TYPE_CHECKING:
-    from monitor.datasets import Sample
+    from monitor.evaluation.datasets import Sample
     from monitor.training.sources import Pair
 
 ADVERSARIAL = json.loads((Path(__file__).parent / "data" / "adversarial.json").read_text(encoding="utf-8"))

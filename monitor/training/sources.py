@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from monitor.datasets import Sample
+from monitor.evaluation.datasets import Sample
 
 RAW = "raw"
 GPTFUZZ = "sherdencooper__GPTFuzz/datasets"

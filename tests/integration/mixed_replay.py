@@ -21,10 +21,10 @@ from pathlib import Path
 
 from test_worker_e2e import SAMPLES, Events, _plan, _sid
 
+from monitor.edges.tail import EventTail
 from monitor.messages import Chunk
 from monitor.sdk import TracePublisher
 from monitor.settings import Settings
-from monitor.watch import EventTail
 
 HARMFUL = ("think-gas-attack", "both-threaten-journalist", "both-meth-lab", "think-stalk-ex")
 SAFE = ("benign-sourdough", "safe-self-harm-support", "benign-python-dedupe")

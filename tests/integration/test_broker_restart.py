@@ -18,7 +18,7 @@ from private_kafka import kafka_sh, port_open
 from test_worker_chaos import _owns_everything
 from test_worker_e2e import SETTLE_S, Events, _settings, _start_worker, _stop, _until
 
-from monitor.kafka import apply_topics
+from monitor.edges.kafka import apply_topics
 from monitor.sdk import TracePublisher
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]

@@ -12,9 +12,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from monitor.datasets import load_jsonl
 from monitor.demo import settings_env
-from monitor.kafka import delete_topics
+from monitor.edges.kafka import delete_topics
+from monitor.evaluation.datasets import load_jsonl
 from monitor.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from monitor.evaluation import run_eval
+from monitor.evaluation.runner import run_eval
 from monitor.settings import Settings
 
 SAMPLES = Path(__file__).resolve().parents[2] / "monitor" / "samples" / "sessions.jsonl"

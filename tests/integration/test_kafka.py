@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.kafka import (
+from monitor.edges.kafka import (
     CommitRejected,
     KafkaChunkSource,
     KafkaEventSink,

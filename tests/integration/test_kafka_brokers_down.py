@@ -30,7 +30,7 @@ from test_kafka_cluster import kafka_cluster  # noqa: F401  (the module's cluste
 from test_worker_chaos import _owns_everything
 from test_worker_e2e import SETTLE_S, Events, _free_port, _settings, _start_worker, _stop, _until
 
-from monitor.kafka import apply_topics, delete_topics, topic_specs
+from monitor.edges.kafka import apply_topics, delete_topics, topic_specs
 from monitor.sdk import TracePublisher
 from monitor.settings import Settings
 

@@ -22,7 +22,7 @@ from private_kafka import CLUSTER_BOOTSTRAP, cluster_sh, partitions
 from test_worker_chaos import _owns_everything
 from test_worker_e2e import SETTLE_S, Events, _partition, _settings, _start_worker, _stop, _until
 
-from monitor.kafka import apply_topics, topic_specs
+from monitor.edges.kafka import apply_topics, topic_specs
 from monitor.sdk import TracePublisher
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]

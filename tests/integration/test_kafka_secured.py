@@ -29,7 +29,7 @@ from test_worker_e2e import SAMPLES, SETTLE_S, Events, _plan, _settings, _sid, _
 from tls_certs import Certs, make_certs
 
 from monitor.demo import settings_env
-from monitor.kafka import KafkaChunkSource, KafkaUnavailable, apply_topics
+from monitor.edges.kafka import KafkaChunkSource, KafkaUnavailable, apply_topics
 from monitor.sdk import PublishError, TracePublisher
 from monitor.settings import Settings
 

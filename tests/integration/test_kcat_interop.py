@@ -28,7 +28,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from monitor.kafka import delete_topics
+from monitor.edges.kafka import delete_topics
 from monitor.settings import load_settings
 
 pytestmark = pytest.mark.integration

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from monitor.demo import settings_env
-from monitor.kafka import KafkaChunkSource, KafkaEventSink
+from monitor.edges.kafka import KafkaChunkSource, KafkaEventSink
 from monitor.messages import Chunk, encode
 from monitor.settings import Settings
 

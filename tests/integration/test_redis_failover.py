@@ -32,11 +32,11 @@ from test_store_redis import comparable, folded
 from test_worker_chaos import _owns_everything
 from test_worker_e2e import SETTLE_S, Events, _settings, _start_worker, _stop, _until
 
-from monitor.kafka import apply_topics, delete_topics
+from monitor.core.session import mark_saved
+from monitor.edges.kafka import apply_topics, delete_topics
+from monitor.edges.store import RedisSessionStore, StoreUnavailable, keys
 from monitor.sdk import TracePublisher
-from monitor.session import mark_saved
 from monitor.settings import GuardSettings, RedisSettings, Settings
-from monitor.store import RedisSessionStore, StoreUnavailable, keys
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from monitor.kafka import KafkaEventSink
+from monitor.edges.kafka import KafkaEventSink
 from monitor.messages import Abort, Verdict, encode, event_id
 from monitor.sdk import (
     AbortSubscriber,

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from test_worker_e2e import SAMPLES, _settings, _start_worker, _stop, _wait_for_group
 
-from monitor.kafka import apply_topics, delete_topics
+from monitor.edges.kafka import apply_topics, delete_topics
 from monitor.sdk import AbortSubscriber, MonitorHealth, TracePublisher, monitored_stream
 
 pytestmark = pytest.mark.integration

@@ -25,7 +25,7 @@ from test_worker_e2e import (
     _wait_for_group,
 )
 
-from monitor.kafka import apply_topics, delete_topics
+from monitor.edges.kafka import apply_topics, delete_topics
 from monitor.messages import Abort
 from monitor.sdk import AbortSubscriber, TracePublisher, monitored_stream
 

@@ -13,8 +13,8 @@ import pytest
 from redis import Redis
 from test_store_redis import comparable, folded, make_settings
 
-from monitor.session import mark_saved
-from monitor.store import RedisSessionStore, keys
+from monitor.core.session import mark_saved
+from monitor.edges.store import RedisSessionStore, keys
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,8 @@ import pytest
 from private_redis import redis_sh
 from test_store_redis import comparable, folded, make_settings
 
-from monitor.session import mark_saved
-from monitor.store import RedisSessionStore, StoreUnavailable
+from monitor.core.session import mark_saved
+from monitor.edges.store import RedisSessionStore, StoreUnavailable
 
 pytestmark = pytest.mark.integration
 

@@ -9,10 +9,10 @@ from dataclasses import replace
 import pytest
 from test_store_redis import folded, make_settings
 
+from monitor.core.policy import PolicyState
+from monitor.core.session import FoldLimits, ScorePoint, fold, mark_saved, mark_scored
+from monitor.edges.store import MemorySessionStore, RedisSessionStore
 from monitor.messages import Chunk
-from monitor.policy import PolicyState
-from monitor.session import FoldLimits, ScorePoint, fold, mark_saved, mark_scored
-from monitor.store import MemorySessionStore, RedisSessionStore
 
 pytestmark = pytest.mark.integration
 

@@ -10,11 +10,11 @@ from dataclasses import replace
 import pytest
 from redis import Redis
 
+from monitor.core.policy import PolicyState
+from monitor.core.session import FoldLimits, ScorePoint, SessionState, fold, mark_saved, mark_scored
+from monitor.edges.store import MemorySessionStore, RedisSessionStore, StoreUnavailable, keys
 from monitor.messages import Chunk, ImageRef, Part
-from monitor.policy import PolicyState
-from monitor.session import FoldLimits, ScorePoint, SessionState, fold, mark_saved, mark_scored
 from monitor.settings import GuardSettings, RedisSettings, Settings
-from monitor.store import MemorySessionStore, RedisSessionStore, StoreUnavailable, keys
 
 pytestmark = pytest.mark.integration
 

@@ -18,8 +18,8 @@ import pytest
 from test_store_redis import comparable, folded, make_settings
 from tls_certs import Certs, make_certs
 
-from monitor.session import mark_saved
-from monitor.store import RedisSessionStore, StoreUnavailable
+from monitor.core.session import mark_saved
+from monitor.edges.store import RedisSessionStore, StoreUnavailable
 
 pytestmark = pytest.mark.integration
 

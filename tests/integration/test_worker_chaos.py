@@ -20,7 +20,7 @@ import pytest
 from mixed_replay import Planned, all_covered, check, collect, mixed_set, stream, tail, with_client_id
 from test_worker_e2e import SETTLE_S, Events, _assignment, _settings, _start_worker, _stop, _until
 
-from monitor.kafka import apply_topics, delete_topics
+from monitor.edges.kafka import apply_topics, delete_topics
 from monitor.sdk import TracePublisher
 from monitor.settings import Settings
 

@@ -31,14 +31,14 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from aiokafka.partitioner import DefaultPartitioner
 
-from monitor.datasets import Sample, load_jsonl
 from monitor.demo import settings_env
-from monitor.evaluation import session_chunks
-from monitor.kafka import apply_topics, delete_topics
+from monitor.edges.kafka import apply_topics, delete_topics
+from monitor.edges.tail import EventTail
+from monitor.evaluation.datasets import Sample, load_jsonl
+from monitor.evaluation.sessions import session_chunks
 from monitor.messages import Abort, Chunk, DeadLetter, Verdict
 from monitor.sdk import TracePublisher
 from monitor.settings import Settings, load_settings
-from monitor.watch import EventTail
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 

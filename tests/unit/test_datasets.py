@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from monitor.datasets import FIGSTEP_PROMPT, Sample, compose_thinking, load_dataset, load_jsonl
+from monitor.evaluation.datasets import FIGSTEP_PROMPT, Sample, compose_thinking, load_dataset, load_jsonl
 
 
 def _write(path: Path, content: str | bytes) -> Path:
@@ -237,7 +237,7 @@ def test_data_folder_is_a_setting_and_a_missing_one_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from monitor.cli import main
-    from monitor.datasets import DATA_ENV, DataMissing, data_dir
+    from monitor.evaluation.datasets import DATA_ENV, DataMissing, data_dir
     from monitor.training.fit import main as training_main
 
     assert data_dir(tmp_path, {}) == tmp_path

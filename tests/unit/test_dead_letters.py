@@ -11,11 +11,11 @@ import time
 import orjson
 from fake_guard import MarkerGuard
 
-from monitor.kafka import MemoryBroker, MemoryChunkSource, MemoryEventSink, Record
+from monitor.core.pipeline import Pipeline
+from monitor.edges.kafka import MemoryBroker, MemoryChunkSource, MemoryEventSink, Record
+from monitor.edges.store import MemorySessionStore
 from monitor.messages import Chunk, DeadLetter, decode_dead_letter, encode
-from monitor.pipeline import Pipeline
 from monitor.settings import BatchingSettings, ImageSettings, PolicySettings, Settings
-from monitor.store import MemorySessionStore
 from monitor.worker import Worker
 
 TRACE = (("traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"), ("source", b"kcat"))

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from monitor.datasets import Sample, load_jsonl
 from monitor.demo import outcomes, settings_env, summary
-from monitor.evaluation import session_chunks
+from monitor.evaluation.datasets import Sample, load_jsonl
+from monitor.evaluation.replay import Replayed, describe, session_ids
+from monitor.evaluation.sessions import session_chunks
 from monitor.messages import Abort, DeadLetter, Verdict
-from monitor.replay import Replayed, describe, session_ids
 from monitor.settings import Settings, load_settings
 from monitor.watch import format_event
 

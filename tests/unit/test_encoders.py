@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from monitor import encoders
-from monitor.guards import GUARD_NAMES
+from monitor.guards import GUARD_NAMES, encoders
 from monitor.guards.minilm import MiniLMGuard, base_model_dir
 from monitor.settings import Settings
 

@@ -10,19 +10,18 @@ from typing import Any
 
 import pytest
 
-from monitor import operating
-from monitor.datasets import Sample
-from monitor.evaluation import (
+from monitor.evaluation import operating
+from monitor.evaluation.datasets import Sample
+from monitor.evaluation.runner import (
     CachingGuard,
     decided,
     evaluate,
     load_sets,
-    outcome,
     replay,
     run_eval,
-    session_chunks,
     write_report,
 )
+from monitor.evaluation.sessions import outcome, session_chunks
 from monitor.guards.base import Prefix, Score
 from monitor.settings import Settings
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from monitor.datasets import FIGSTEP_PROMPT, Sample, load_dataset
+from monitor.evaluation.datasets import FIGSTEP_PROMPT, Sample, load_dataset
 from monitor.guards.base import Prefix
 from monitor.guards.minilm import MiniLMGuard
 from monitor.images import DecodedImage, decode_image, ocr_text

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.datasets import Sample
+from monitor.evaluation.datasets import Sample
 from monitor.training import glossary
 from monitor.training.corpus import compose_examples
 

@@ -12,11 +12,11 @@ from collections.abc import Iterator
 import pytest
 from aiokafka.errors import KafkaConnectionError
 
-from monitor.client_logs import quiet_client_logs
-from monitor.health import Readiness, serve_http
-from monitor.kafka import unavailable
+from monitor.client.logs import quiet_client_logs
+from monitor.edges.health import Readiness, serve_http
+from monitor.edges.kafka import unavailable
+from monitor.edges.store import RedisSessionStore, StoreUnavailable
 from monitor.settings import RedisSettings, Settings
-from monitor.store import RedisSessionStore, StoreUnavailable
 
 
 def _get(url: str) -> tuple[int, bytes]:

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from monitor.cli import _parser
-from monitor.health import Readiness, wsgi_app
+from monitor.edges.health import Readiness, wsgi_app
 from monitor.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,7 +124,7 @@ def test_probes_point_at_the_real_port_and_paths(patch: str | None, tmp_path: Pa
     assert probes["readinessProbe"]["path"] == "/ready"
     for probe in probes.values():
         assert ports[probe["port"]] == settings.telemetry.metrics_port
-    assert _status("/ready").startswith("503")  # a real path of monitor.health (not ready: nothing is up)
+    assert _status("/ready").startswith("503")  # a real path of edges.health (not ready: nothing is up)
     assert _status("/live").startswith("200")
     annotations = _one("Deployment")["spec"]["template"]["metadata"]["annotations"]
     assert int(annotations["prometheus.io/port"]) == settings.telemetry.metrics_port
@@ -158,7 +158,8 @@ def test_the_scaled_object_scales_the_worker_on_the_chunks_lag(tmp_path: Path) -
 def test_the_scaled_object_names_the_worker_metric_of_the_lag_it_scales_on() -> None:
     from prometheus_client import REGISTRY, generate_latest
 
-    from monitor import lag, telemetry
+    from monitor import telemetry
+    from monitor.edges import lag
     from monitor.settings import TelemetrySettings
 
     comment = "".join(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiokafka import AIOKafkaProducer
 
-from monitor.kafka_eval import producer_kwargs
+from monitor.evaluation.kafka_replay import producer_kwargs
 from monitor.settings import KafkaSettings, Settings
 
 

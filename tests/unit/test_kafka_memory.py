@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from monitor.kafka import CommitRejected, KafkaUnavailable, MemoryBroker, MemoryChunkSource, MemoryEventSink
+from monitor.edges.kafka import (
+    CommitRejected,
+    KafkaUnavailable,
+    MemoryBroker,
+    MemoryChunkSource,
+    MemoryEventSink,
+)
 
 
 async def test_same_key_same_partition_in_order() -> None:

@@ -11,10 +11,11 @@ from collections.abc import Callable
 from fake_guard import MarkerGuard
 from prometheus_client import REGISTRY, generate_latest
 
-from monitor import lag as lag_module
 from monitor import telemetry
-from monitor.health import Readiness
-from monitor.kafka import (
+from monitor.core.pipeline import Pipeline
+from monitor.edges import lag as lag_module
+from monitor.edges.health import Readiness
+from monitor.edges.kafka import (
     KafkaChunkSource,
     KafkaEventSink,
     KafkaUnavailable,
@@ -22,11 +23,10 @@ from monitor.kafka import (
     MemoryChunkSource,
     MemoryEventSink,
 )
-from monitor.lag import LagReporter
+from monitor.edges.lag import LagReporter
+from monitor.edges.store import MemorySessionStore, StoreUnavailable
 from monitor.messages import Chunk, encode
-from monitor.pipeline import Pipeline
 from monitor.settings import ImageSettings, Settings, TelemetrySettings
-from monitor.store import MemorySessionStore, StoreUnavailable
 from monitor.worker import Worker
 
 CHUNKS = "qta.chunks"

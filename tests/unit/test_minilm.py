@@ -156,7 +156,7 @@ def test_score_command_prints_probabilities_label_and_image_text(
 ) -> None:
     from PIL import Image, ImageDraw, ImageFont
 
-    from monitor.scoring import score_file
+    from monitor.evaluation.scoring import score_file
 
     image = Image.new("RGB", (600, 300), "white")
     ImageDraw.Draw(image).text(
@@ -182,7 +182,7 @@ def test_score_command_prints_probabilities_label_and_image_text(
 
 
 def test_score_command_rejects_a_non_qta_file(tmp_path: Path) -> None:
-    from monitor.scoring import score_file
+    from monitor.evaluation.scoring import score_file
 
     (tmp_path / "bad.json").write_text("[1, 2]")
     assert score_file(Settings(), tmp_path / "bad.json", guard="minilm", path=None, explain=False) == 2

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from monitor import operating
-from monitor.report import Outcome
+from monitor.evaluation import operating
+from monitor.evaluation.report import Outcome
 from monitor.settings import Settings
 
 

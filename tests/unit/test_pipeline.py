@@ -9,11 +9,11 @@ from dataclasses import dataclass, replace
 import pytest
 from fake_guard import MarkerGuard
 
+from monitor.core.pipeline import Incoming, Pipeline, StepResult
+from monitor.edges.store import MemorySessionStore
 from monitor.guards.base import Prefix, Score
 from monitor.messages import Chunk, ImageRef, Part, Verdict
-from monitor.pipeline import Incoming, Pipeline, StepResult
 from monitor.settings import BatchingSettings, ImageSettings, PolicySettings, Settings
-from monitor.store import MemorySessionStore
 
 
 @dataclass
@@ -263,7 +263,7 @@ async def test_images_are_decoded_for_the_guard_and_read_by_ocr_once(monkeypatch
 
     from PIL import Image
 
-    import monitor.prefixes
+    import monitor.core.prefixes
 
     reads: list[tuple[int, int]] = []
 
@@ -271,7 +271,7 @@ async def test_images_are_decoded_for_the_guard_and_read_by_ocr_once(monkeypatch
         reads.append(image.size)
         return "STEP 1 mix"
 
-    monkeypatch.setattr(monitor.prefixes, "ocr_text", fake_ocr)
+    monkeypatch.setattr(monitor.core.prefixes, "ocr_text", fake_ocr)
     buf = io.BytesIO()
     Image.new("RGB", (32, 16), "white").save(buf, format="PNG")
     png = ImageRef(data=base64.b64encode(buf.getvalue()).decode())

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from monitor import operating
-from monitor.guards.base import Score
-from monitor.policy import (
+from monitor.core.policy import (
     RULES,
     Decision,
     PolicyState,
@@ -16,6 +14,8 @@ from monitor.policy import (
     part_limits,
     should_escalate,
 )
+from monitor.evaluation import operating
+from monitor.guards.base import Score
 from monitor.settings import PolicySettings, Settings
 
 POLICY = PolicySettings(

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from monitor.report import (
+from monitor.evaluation.report import (
     SWEEP_KNOBS,
     Outcome,
     average_precision,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from monitor.core.policy import PolicyState
+from monitor.core.schedule import is_cold, is_due, plan, score_before
+from monitor.core.session import SessionState
 from monitor.messages import Chunk
-from monitor.policy import PolicyState
-from monitor.schedule import is_cold, is_due, plan, score_before
-from monitor.session import SessionState
 from monitor.settings import BatchingSettings, PolicySettings
 
 BATCHING = BatchingSettings(stride_tokens=64, max_delay_s=0.25, max_batch=3, max_wait_s=0.02)

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import pytest
 
-from monitor.kafka import KafkaUnavailable, MemoryBroker, MemoryEventSink
+from monitor.edges.kafka import KafkaUnavailable, MemoryBroker, MemoryEventSink
 from monitor.messages import Abort, Chunk, decode_chunk, event_id
 from monitor.sdk import (
     AbortSubscriber,

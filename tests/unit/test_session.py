@@ -7,8 +7,7 @@ from collections.abc import Iterable
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor.messages import Chunk, Part
-from monitor.session import (
+from monitor.core.session import (
     Folded,
     FoldLimits,
     SessionState,
@@ -18,6 +17,7 @@ from monitor.session import (
     mark_aborted,
     revive,
 )
+from monitor.messages import Chunk, Part
 
 LIMITS = FoldLimits(reorder_window=8, gap_timeout_s=5.0, max_chars=4000)
 

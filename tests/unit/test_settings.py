@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from monitor.cli import main
-from monitor.kafka import connection_kwargs
+from monitor.edges.kafka import connection_kwargs
 from monitor.settings import ConfigError, KafkaSettings, load_settings, masked
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import orjson
 
-from monitor.session import SessionState
-from monitor.store import STATE_VERSION, meta_record, state_from_record
+from monitor.core.session import SessionState
+from monitor.edges.store import STATE_VERSION, meta_record, state_from_record
 
 
 def _roundtrip(meta: dict[str, bytes]) -> SessionState:
@@ -16,7 +16,8 @@ def test_a_record_written_by_a_newer_worker_loads_and_keeps_what_this_one_knows(
     state = SessionState("s1", next_seq=5, status="open", part="thinking", has_question=True, epoch=2)
     meta = meta_record(state)
     meta["a_field_from_the_future"] = orjson.dumps({"x": 1})
-    meta["policy"] = orjson.dumps({**orjson.loads(meta["policy"]), "a_future_field": 0.97})  # a newer policy field
+    newer_policy = {**orjson.loads(meta["policy"]), "a_future_field": 0.97}  # a field no release has yet
+    meta["policy"] = orjson.dumps(newer_policy)
     meta["state_version"] = orjson.dumps(STATE_VERSION + 1)
     loaded = _roundtrip(meta)
     assert loaded.next_seq == 5 and loaded.epoch == 2 and loaded.thinking == "t"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.kafka import topic_specs
+from monitor.edges.kafka import topic_specs
 from monitor.settings import ConfigError, load_settings
 
 TOPICS = Path(__file__).resolve().parents[2] / "topics"
@@ -35,7 +35,7 @@ def test_min_isr_above_the_replication_factor_is_refused() -> None:
 
 def test_the_cli_flags_reach_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     import monitor.cli as cli
-    import monitor.kafka as kafka
+    import monitor.edges.kafka as kafka
 
     seen = []
 

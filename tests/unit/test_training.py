@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from monitor.datasets import Sample
+from monitor.evaluation.datasets import Sample
 from monitor.guards.base import Prefix
 from monitor.guards.minilm import MiniLMClassifier, MiniLMGuard, base_model_dir, encode_prefix, merge_lora
 from monitor.settings import Settings

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.datasets import Sample, load_jsonl
+from monitor.evaluation.datasets import Sample, load_jsonl
 from monitor.training import sources
 from monitor.training.corpus import Example, is_dev
 from monitor.training.devsets import write_dev_sets

@@ -10,7 +10,10 @@ import pytest
 from fake_guard import MarkerGuard
 
 from monitor import worker as worker_module
-from monitor.kafka import Message, Record
+from monitor.core.pipeline import Pipeline
+from monitor.core.session import SessionState
+from monitor.edges.kafka import Message, Record
+from monitor.edges.store import MemorySessionStore, StoreUnavailable
 from monitor.messages import (
     Chunk,
     Part,
@@ -20,10 +23,7 @@ from monitor.messages import (
     decode_verdict,
     encode,
 )
-from monitor.pipeline import Pipeline
-from monitor.session import SessionState
 from monitor.settings import BatchingSettings, ImageSettings, PolicySettings, Settings
-from monitor.store import MemorySessionStore, StoreUnavailable
 from monitor.worker import Worker
 
 TOPIC = "qta.chunks"

@@ -23,8 +23,8 @@ from typing import Literal
 
 import orjson
 
+from monitor.core.policy import PolicyState
 from monitor.messages import Chunk, DeadLetterReason, ImageRef, Part
-from monitor.policy import PolicyState
 from monitor.settings import Settings
 
 CHARS_PER_TOKEN = 4

@@ -14,7 +14,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 
 from monitor import telemetry
-from monitor.edges import (
+from monitor.core.ports import (
     CommitRejected,
     Headers,
     KafkaUnavailable,

@@ -9,10 +9,10 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
+from monitor.core.session import SessionState
 from monitor.guards.base import Prefix
 from monitor.images import ImageError, OcrUnavailable, decode_image, ocr_text
 from monitor.messages import Chunk
-from monitor.session import SessionState
 from monitor.settings import ImageSettings
 
 if TYPE_CHECKING:

@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from monitor.messages import Abort
 
 if TYPE_CHECKING:
-    from monitor.sdk import AbortSubscriber, AbortWatch, MonitorHealth, SessionHandle
+    from monitor.client.aborts import AbortSubscriber, AbortWatch
+    from monitor.client.health import MonitorHealth
+    from monitor.client.publisher import SessionHandle
 
 T = TypeVar("T")
 OnSteer = Callable[[Abort], Awaitable[AsyncIterable[T]]]

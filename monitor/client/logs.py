@@ -2,8 +2,8 @@
 of `serve`, `demo` and the other commands: right after topics are created their partitions have no leader
 and the group no coordinator for a moment (NotLeaderForPartition, LeaderNotAvailable, coordinator not
 available), and a broker that cannot be reached is said once, in our own words, by the code that needed it
-(monitor.health.not_reachable) instead of by every connection attempt. With the `monitor` loggers at DEBUG
-the lines come back, for whoever is chasing the client itself."""
+(monitor.edges.health.not_reachable) instead of by every connection attempt. With the `monitor` loggers
+at DEBUG the lines come back, for whoever is chasing the client itself."""
 
 from __future__ import annotations
 

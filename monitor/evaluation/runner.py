@@ -3,9 +3,9 @@ folding, scheduling, policy, guard) and report how well the guard + policy catch
 
 In process (the default) the broker and Redis are swapped for their in-memory twins and time is simulated:
 every round feeds one chunk of each live session and advances the clock by `ROUND_S`, so runs are
-deterministic and as fast as the guard. `--through-kafka` (see monitor/kafka_eval.py) replays through the
-real broker and a `qta-monitor serve` subprocess instead. A producer stops a session once its abort arrives,
-as a serving stack would, and closes it with `end`.
+deterministic and as fast as the guard. `--through-kafka` (see monitor/evaluation/kafka_replay.py)
+replays through the real broker and a `qta-monitor serve` subprocess instead. A producer stops a session
+once its abort arrives, as a serving stack would, and closes it with `end`.
 
 Guard scores are cached by prefix (`CachingGuard`): the policy never changes a score. `--sweep` replays
 the sessions once more with a policy that never aborts, so every prefix any setting can reach is scored,
@@ -24,112 +24,26 @@ import random
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from monitor import operating, report
-from monitor.datasets import Sample, compose_thinking, load_dataset
+from monitor.core.pipeline import Incoming, Pipeline, StepResult
+from monitor.core.policy import PolicyState, decide, scored_part
+from monitor.core.session import estimate_tokens
+from monitor.edges.store import MemorySessionStore
+from monitor.evaluation import operating, report
+from monitor.evaluation.datasets import Sample, compose_thinking, load_dataset
+from monitor.evaluation.report import Outcome
+from monitor.evaluation.sessions import Replayed, end_chunk, outcome, session_chunks
 from monitor.guards.base import Guard, Prefix, Score
-from monitor.messages import Abort, Chunk, ImageRef, Part, Verdict
-from monitor.pipeline import Incoming, Pipeline, StepResult
-from monitor.policy import PolicyState, decide, scored_part
-from monitor.report import Outcome
-from monitor.session import estimate_tokens
+from monitor.messages import Abort, Verdict
 from monitor.settings import PolicySettings, Settings
-from monitor.store import MemorySessionStore
 
 ROUND_S = 0.05  # simulated time between two chunks of one session (about 20 chunks/s per session)
 SWEEP_PRINTED = 12  # rows of the sweep table printed (report.md holds them all)
 SAMPLE_SEED = 13  # --limit draws the same sessions on every run
-
-
-@dataclass(frozen=True, slots=True)
-class Planned:
-    """One chunk of a replayed session and what of the sample it has revealed so far."""
-
-    chunk: Chunk
-    thinking_chars: int  # thinking characters folded up to and including this chunk
-    answer_started: bool
-    response_chars: int = 0  # thinking + answer characters folded up to and including this chunk
-
-
-@dataclass(slots=True)
-class Replayed:
-    """What came back for one session."""
-
-    sample: Sample
-    set: str
-    plan: list[Planned]
-    verdicts: list[Verdict] = field(default_factory=list)
-    abort: Abort | None = None
-
-
-def session_chunks(sample: Sample, session_id: str, chunk_chars: int) -> list[Planned]:
-    """The chunks a serving stack would publish for `sample`: question (with image refs), thinking and
-    answer in `chunk_chars` pieces, then `end`."""
-    out: list[Planned] = []
-    seen = 0
-    response = 0
-
-    def add(part: Part, text: str = "", images: tuple[ImageRef, ...] = ()) -> None:
-        nonlocal response
-        response += len(text) if part in ("thinking", "answer") else 0
-        chunk = Chunk(session_id=session_id, seq=len(out) + 1, part=part, text=text, images=images, ts=0.0)
-        out.append(Planned(chunk, seen, part in ("answer", "end") and bool(sample.answer), response))
-
-    add("question", sample.question, tuple(ImageRef(uri=str(p)) for p in sample.images))
-    for i in range(0, len(sample.thinking), chunk_chars):
-        seen = min(len(sample.thinking), i + chunk_chars)
-        add("thinking", sample.thinking[i : i + chunk_chars])
-    for i in range(0, len(sample.answer), chunk_chars):
-        add("answer", sample.answer[i : i + chunk_chars])
-    add("end")
-    return out
-
-
-def end_chunk(replayed: Replayed, seq: int) -> Planned:
-    """The `end` a producer sends after an abort stopped generation early."""
-    last = replayed.plan[seq - 2]
-    chunk = Chunk(session_id=last.chunk.session_id, seq=seq, part="end", ts=0.0)
-    return Planned(chunk, last.thinking_chars, last.answer_started, last.response_chars)
-
-
-def outcome(r: Replayed) -> Outcome:
-    s = r.sample
-    thinking_consumed: float | None = None
-    before_answer = False
-    delay: int | None = None
-    abort_chars: int | None = None
-    if r.abort is not None:
-        at = r.plan[min(r.abort.seq, len(r.plan)) - 1]
-        before_answer = not at.answer_started
-        abort_chars = at.response_chars
-        if s.thinking:
-            thinking_consumed = at.thinking_chars / len(s.thinking)
-            if s.harm_start is not None:
-                delay = at.thinking_chars - s.harm_start
-    return Outcome(
-        id=s.id,
-        set=r.set,
-        label=s.label,
-        aborted=r.abort is not None,
-        warned=any(v.status == "warn" for v in r.verdicts),
-        category=s.category,
-        abort_part=r.abort.part if r.abort is not None else None,
-        thinking_consumed=thinking_consumed,
-        before_answer=before_answer,
-        harm_delay_chars=delay,
-        abort_chars=abort_chars,
-        final=r.abort is not None and r.abort.final,
-        max_p_harmful=max((v.p_harmful for v in r.verdicts), default=0.0),
-        tokens=max((v.tokens for v in r.verdicts), default=0),
-        tokens_scored=sum(v.tokens_read for v in r.verdicts),
-        scores=len(r.verdicts),
-        response_chars=len(s.thinking) + len(s.answer),
-    )
 
 
 def decided(policy: PolicySettings, r: Replayed) -> Replayed:
@@ -384,7 +298,7 @@ def run_eval(
         return 2
     rows: list[dict[str, Any]] = []
     if through_kafka:
-        from monitor.kafka_eval import evaluate_through_kafka
+        from monitor.evaluation.kafka_replay import evaluate_through_kafka
 
         if sweep:
             print("qta-monitor eval: --sweep replays in process only; it is ignored with --through-kafka")

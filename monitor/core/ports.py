@@ -1,12 +1,16 @@
-"""The worker's two edges to Kafka as plain types: a `Record` read, the `ChunkSource` it is read from, the
-`EventSink` verdicts and aborts go to, and the one error they raise. No I/O library here; the real edges
-live in `monitor.kafka`, the in-memory twins in `monitor.kafka_memory` (both re-exported by monitor.kafka)."""
+"""The ports the core calls, as plain types: to Kafka, a `Record` read, the `ChunkSource` it is read from,
+the `EventSink` verdicts and aborts go to, and the one error they raise; to state, the `SessionStore` and
+its error. No I/O library here; the real edges live in `monitor.edges.kafka` and `monitor.edges.store`, the
+in-memory twins in `monitor.edges.kafka_memory` and `monitor.edges.store`."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from monitor.core.session import SessionState
 
 TopicPartition = tuple[str, int]
 Headers = tuple[tuple[str, bytes], ...]  # Kafka record headers, in order; names may repeat
@@ -83,3 +87,38 @@ class EventSink(Protocol):
 
 async def no_partitions_callback(partitions: frozenset[TopicPartition]) -> None:
     """Default rebalance callback: nothing to do."""
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached or refused; `recoverable` says whether retrying can help."""
+
+    def __init__(self, message: str, *, recoverable: bool) -> None:
+        super().__init__(message)
+        self.recoverable = recoverable
+
+
+class SessionStore(Protocol):
+    async def load(self, session_ids: Iterable[str]) -> dict[str, SessionState]:
+        """The stored state of each known session; unknown ids are left out."""
+        ...
+
+    async def save(self, states: Sequence[SessionState]) -> frozenset[str]:
+        """Persist what each state folded since its last save; returns the ids whose stored seq had moved
+        on (a replay or another worker): those were not written and should be reloaded."""
+        ...
+
+    async def claim_abort(self, session_id: str, event_id: str, kind: str = "abort") -> bool:
+        """True for the first event id ever claimed for the session (and `kind`: "abort", or "steer", with
+        ":<epoch>" after a restart), and again for that same id (so a replay after a failed publish
+        re-publishes it); False for any other id."""
+        ...
+
+    async def claimed_abort(self, session_id: str, kind: str = "abort") -> str | None:
+        """The event id claimed for the session's abort (or `kind`), if any."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless the store answers (the worker's start-up readiness check)."""
+        ...
+
+    async def close(self) -> None: ...

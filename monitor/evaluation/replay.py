@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from monitor.datasets import Sample, load_dataset
-from monitor.evaluation import Planned, session_chunks
+from monitor.evaluation.datasets import Sample, load_dataset
+from monitor.evaluation.sessions import Planned, session_chunks
 from monitor.messages import Abort
 from monitor.sdk import AbortSubscriber, PublishError, SessionHandle, SubscribeError, TracePublisher
 from monitor.settings import Settings
@@ -101,7 +101,7 @@ def describe(r: Replayed) -> str:
 
 
 async def replay(settings: Settings, file: Path, rate: float, chunk_chars: int) -> int:
-    """The CLI command: publish the sessions of `file` (any format monitor.datasets reads)."""
+    """The CLI command: publish the sessions of `file` (any format monitor.evaluation.datasets reads)."""
     if chunk_chars <= 0 or rate < 0:
         print("qta-monitor replay: --chunk-chars must be > 0 and --rate >= 0")
         return 2

@@ -1,9 +1,9 @@
 """Kafka for the worker and the CLI: connection settings (TLS, SASL), `apply_topics` (the topics/ contract
 made real, idempotently), the consumer-group `KafkaChunkSource` and the idempotent `KafkaEventSink`.
 
-The only module besides monitor.sdk (and monitor.kafka_auth, which explains refused TLS / SASL connections
+The only module besides monitor.sdk (and monitor.edges.auth, which explains refused TLS / SASL connections
 for it) that imports aiokafka; its errors become `KafkaUnavailable` here.
-The edge types come from monitor.edges and the in-memory twins from monitor.kafka_memory; both are
+The edge types come from monitor.core.ports and the in-memory twins from monitor.edges.kafka_memory; both are
 re-exported so a caller imports everything Kafka-shaped from one place."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaConnectio
 from aiokafka.helpers import create_ssl_context
 
 from monitor import telemetry
-from monitor.edges import (
+from monitor.core.ports import (
     ChunkSource,
     CommitRejected,
     EventSink,
@@ -34,8 +34,8 @@ from monitor.edges import (
     no_partitions_callback,
     unpack,
 )
-from monitor.health import not_reachable
-from monitor.kafka_memory import MemoryBroker, MemoryChunkSource, MemoryEventSink
+from monitor.edges.health import not_reachable
+from monitor.edges.kafka_memory import MemoryBroker, MemoryChunkSource, MemoryEventSink
 from monitor.settings import ConfigError, KafkaSettings, Settings
 
 __all__ = [
@@ -86,7 +86,7 @@ def unavailable(exc: BaseException, doing: str, bootstrap: str) -> KafkaUnavaila
 async def connect_failed(exc: BaseException, doing: str, kafka: KafkaSettings) -> KafkaUnavailable:
     """`unavailable`, except that a TLS / SASL refusal (bad certificate, wrong password) is named and is
     not recoverable: retrying cannot fix it, so a worker stops at once instead of retrying forever."""
-    from monitor.kafka_auth import explain_refusal
+    from monitor.edges.auth import explain_refusal
 
     if isinstance(exc, KafkaConnectionError):
         reason = await explain_refusal(kafka, connection_kwargs(kafka))

@@ -13,8 +13,8 @@ earliest`. Each worker exports only the partitions it owns, so the sum over work
 which KEDA compares with `lagThreshold`.
 
 The measurement also probes Kafka for the readiness endpoint: a failed one marks Kafka down, the next good
-one marks it up again. No I/O library here; the source does the asking (monitor.kafka.KafkaChunkSource.lags,
-monitor.kafka_memory.MemoryChunkSource.lags)."""
+one marks it up again. No I/O library here; the source does the asking
+(monitor.edges.kafka.KafkaChunkSource.lags, monitor.edges.kafka_memory.MemoryChunkSource.lags)."""
 
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from monitor import telemetry
-from monitor.edges import KafkaUnavailable, TopicPartition
-from monitor.health import Readiness
+from monitor.core.ports import KafkaUnavailable, TopicPartition
+from monitor.edges.health import Readiness
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ the first bootstrap address and names the cause: an untrusted broker certificate
 broker refused (or none given), or SASL credentials it rejected. A refusal is not recoverable by retrying.
 The messages name the settings to fix and never hold a secret.
 
-Part of the Kafka edge (monitor.kafka calls it); the only other module that touches aiokafka."""
+Part of the Kafka edge (monitor.edges.kafka calls it); the only other module that touches aiokafka."""
 
 from __future__ import annotations
 

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from monitor.datasets import Sample
+from monitor.evaluation.datasets import Sample
+from monitor.evaluation.report import Outcome
 from monitor.messages import (
     Abort,
     Chunk,
@@ -31,7 +32,6 @@ from monitor.messages import (
     decode_verdict,
     encode,
 )
-from monitor.report import Outcome
 from monitor.settings import Settings
 
 TOPIC_KEYS = ("chunks", "verdicts", "aborts", "dead_letters", "audits")
@@ -59,7 +59,7 @@ def producer_kwargs(settings: Settings) -> dict[str, Any]:
     """The run's chunk producer: idempotent with acks=all, as the worker's sink and the SDK are, so a chunk
     the run counts as sent is on every in-sync replica (a replay on the 3-broker cluster loses none to a
     leader change) and a retried send is never a duplicate."""
-    from monitor.kafka import MAX_MESSAGE_BYTES, connection_kwargs
+    from monitor.edges.kafka import MAX_MESSAGE_BYTES, connection_kwargs
 
     return {
         **connection_kwargs(settings.kafka),
@@ -115,7 +115,7 @@ class EndToEnd:
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
         from aiokafka.errors import KafkaError
 
-        from monitor.kafka import KafkaUnavailable, apply_topics, connection_kwargs
+        from monitor.edges.kafka import KafkaUnavailable, apply_topics, connection_kwargs
 
         conn = connection_kwargs(self.settings.kafka)
         t = self.settings.topics
@@ -166,7 +166,7 @@ class EndToEnd:
                 "",
                 0.0,
             )
-            from monitor.evaluation import session_chunks
+            from monitor.evaluation.sessions import session_chunks
 
             await self.publish([p.chunk for p in session_chunks(probe, sid, 200)])
             for _ in range(40):
@@ -200,7 +200,7 @@ class EndToEnd:
         return code
 
     async def _drop_topics(self) -> None:
-        from monitor.kafka import KafkaUnavailable, delete_topics
+        from monitor.edges.kafka import KafkaUnavailable, delete_topics
 
         with contextlib.suppress(KafkaUnavailable):  # hygiene only: a left-over topic harms nothing
             await delete_topics(self.settings)
@@ -235,7 +235,7 @@ class EndToEnd:
         from aiokafka.admin import AIOKafkaAdminClient
         from aiokafka.structs import TopicPartition
 
-        from monitor.kafka import connection_kwargs
+        from monitor.edges.kafka import connection_kwargs
 
         admin = AIOKafkaAdminClient(**connection_kwargs(self.settings.kafka))
         await admin.start()
@@ -285,7 +285,7 @@ async def evaluate_through_kafka(
     in a serving stack. Returns one outcome per session, like the in-process replay."""
     from tqdm import tqdm
 
-    from monitor.evaluation import Replayed, end_chunk, outcome, session_chunks
+    from monitor.evaluation.sessions import Replayed, end_chunk, outcome, session_chunks
 
     env = {"MONITOR_GUARD__NAME": guard} if guard else {}
     async with end_to_end(settings, env) as run:

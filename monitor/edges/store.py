@@ -1,5 +1,6 @@
 """Where session state lives between steps, workers and restarts: the `SessionStore` protocol, the Redis
-store (the only module that imports redis) and its in-memory twin.
+store (the only module that imports redis) and its in-memory twin; the protocol and its error are the
+core's ports (monitor.core.ports), re-exported here.
 
 Keys per session, all under the `{sid}` hash tag so one Lua script touches one Redis Cluster slot, each
 with the TTL refreshed on every write:
@@ -34,7 +35,7 @@ import hashlib
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, fields
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
@@ -52,47 +53,12 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from monitor.health import not_reachable
+from monitor.core.policy import PolicyState
+from monitor.core.ports import StoreUnavailable
+from monitor.core.session import ScorePoint, SessionState
+from monitor.edges.health import not_reachable
 from monitor.messages import Chunk, ImageRef
-from monitor.policy import PolicyState
-from monitor.session import ScorePoint, SessionState
 from monitor.settings import Settings
-
-
-class StoreUnavailable(Exception):
-    """The store cannot be reached or refused; `recoverable` says whether retrying can help."""
-
-    def __init__(self, message: str, *, recoverable: bool) -> None:
-        super().__init__(message)
-        self.recoverable = recoverable
-
-
-class SessionStore(Protocol):
-    async def load(self, session_ids: Iterable[str]) -> dict[str, SessionState]:
-        """The stored state of each known session; unknown ids are left out."""
-        ...
-
-    async def save(self, states: Sequence[SessionState]) -> frozenset[str]:
-        """Persist what each state folded since its last save; returns the ids whose stored seq had moved
-        on (a replay or another worker): those were not written and should be reloaded."""
-        ...
-
-    async def claim_abort(self, session_id: str, event_id: str, kind: str = "abort") -> bool:
-        """True for the first event id ever claimed for the session (and `kind`: "abort", or "steer", with
-        ":<epoch>" after a restart), and again for that same id (so a replay after a failed publish
-        re-publishes it); False for any other id."""
-        ...
-
-    async def claimed_abort(self, session_id: str, kind: str = "abort") -> str | None:
-        """The event id claimed for the session's abort (or `kind`), if any."""
-        ...
-
-    async def ping(self) -> None:
-        """Raise StoreUnavailable unless the store answers (the worker's start-up readiness check)."""
-        ...
-
-    async def close(self) -> None: ...
-
 
 _PARTS = (("question", "q"), ("thinking", "t"), ("answer", "a"))
 STATE_VERSION = 2  # 1: before epochs, steers and request ids (records without the field)

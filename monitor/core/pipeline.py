@@ -18,6 +18,24 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from monitor import telemetry
+from monitor.core.policy import action_for, decide, scored_part, should_escalate
+from monitor.core.ports import SessionStore
+from monitor.core.prefixes import PrefixBuilder
+from monitor.core.schedule import plan, score_before
+from monitor.core.session import (
+    FoldLimits,
+    Rejected,
+    ScorePoint,
+    SessionState,
+    expire,
+    fold,
+    is_clean,
+    mark_aborted,
+    mark_saved,
+    mark_scored,
+    mark_steered,
+    revive,
+)
 from monitor.guards.base import Guard, Prefix, Score
 from monitor.images import ImageError
 from monitor.messages import (
@@ -32,25 +50,7 @@ from monitor.messages import (
     encode,
     event_id,
 )
-from monitor.policy import action_for, decide, scored_part, should_escalate
-from monitor.prefixes import PrefixBuilder
-from monitor.schedule import plan, score_before
-from monitor.session import (
-    FoldLimits,
-    Rejected,
-    ScorePoint,
-    SessionState,
-    expire,
-    fold,
-    is_clean,
-    mark_aborted,
-    mark_saved,
-    mark_scored,
-    mark_steered,
-    revive,
-)
 from monitor.settings import Settings
-from monitor.store import SessionStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -250,10 +250,10 @@ def layer_norm_eps(graph: onnx.GraphProto) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m monitor.encoders convert [NAME ...]`: convert the fetched jars (scripts/install.sh)."""
+    """`python -m monitor.guards.encoders convert [NAME ...]`: convert the fetched jars (install.sh)."""
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] != "convert":
-        print("usage: python -m monitor.encoders convert [NAME ...]", file=sys.stderr)
+        print("usage: python -m monitor.guards.encoders convert [NAME ...]", file=sys.stderr)
         return 2
     names = args[1:] or [n for n in BASES if n != "minilm"]
     try:

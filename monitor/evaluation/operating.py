@@ -11,8 +11,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from monitor import report
-from monitor.report import Outcome
+from monitor.evaluation import report
+from monitor.evaluation.report import Outcome
 from monitor.settings import Settings
 
 # (abort_threshold, answer_abort_threshold, ema_abort, consecutive, min_tokens, ema_alpha, answer_label_abort,

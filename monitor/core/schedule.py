@@ -26,9 +26,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from monitor.core.policy import urgency
+from monitor.core.session import SessionState, needs_score
 from monitor.messages import Chunk
-from monitor.policy import urgency
-from monitor.session import SessionState, needs_score
 from monitor.settings import BatchingSettings, PolicySettings
 
 IDLE_WAKE_S = 1.0  # longest the caller may sleep when nothing is pending at all

@@ -1,0 +1,258 @@
+"""`AbortSubscriber`: the aborts (and steers) the monitor publishes, deduped by event id, per session or as a
+stream; `SyncAbortSubscriber` is the same for code without an event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from monitor.client.loop import LoopThread, remember
+from monitor.edges.kafka import (
+    KafkaUnavailable,
+    connection_kwargs,
+    partitions_of,
+)
+from monitor.messages import Abort, decode_abort
+from monitor.settings import Settings, load_settings
+
+T = TypeVar("T")
+K = TypeVar("K")
+V = TypeVar("V")
+P = ParamSpec("P")
+
+
+__all__ = ["AbortSubscriber", "AbortWatch", "SubscribeError", "SyncAbortSubscriber", "SyncAbortWatch"]
+
+
+class SubscribeError(Exception):
+    """The aborts (or verdicts) topic cannot be read (broker unreachable, topic missing)."""
+
+
+def _rank(event: Abort) -> tuple[int, bool]:
+    """Which event of a session wins: a later epoch, then an abort over a steer (a steered session goes on
+    being scored and may be aborted later); on a tie, the newer arrival."""
+    return event.epoch, event.action == "abort"
+
+
+class AbortWatch:
+    """The newest abort or steer event of one session, other than `after` (an event the caller has already
+    handled). `abort` peeks; `await aborted()` waits; `future` resolves with the first such event."""
+
+    def __init__(self, subscriber: AbortSubscriber, session_id: str, after: str | None = None) -> None:
+        self.subscriber = subscriber
+        self.session_id = session_id
+        self.after = after
+        self.future: asyncio.Future[Abort] = asyncio.get_running_loop().create_future()
+        self._newest: Abort | None = None
+
+    def offer(self, event: Abort) -> None:
+        """The subscriber hands in each event that became its session's newest."""
+        if event.event_id != self.after:
+            self._newest = event  # one reference assignment: SyncAbortWatch peeks it from another thread
+            if not self.future.done():
+                self.future.set_result(event)
+
+    @property
+    def abort(self) -> Abort | None:
+        return self._newest
+
+    async def aborted(self) -> Abort:
+        """The newest event, once there is one (raises SubscribeError if the subscriber failed)."""
+        first = await asyncio.shield(self.future)
+        return self._newest or first
+
+    def close(self) -> None:
+        self.subscriber.unwatch(self)
+
+
+class AbortSubscriber:
+    """Reads the aborts topic (from its end by default; no consumer group, nothing committed) and hands
+    each event to every `async for` over the subscriber and, when it is its session's newest, to the
+    session's watches. Events are deduplicated by event id (the last `remember`); the newest event of the
+    last `remember` sessions is kept, so a watch made after the event still sees it."""
+
+    def __init__(
+        self, settings: Settings | None = None, *, from_beginning: bool = False, remember: int = 10_000
+    ) -> None:
+        self.settings = settings if settings is not None else load_settings()
+        self.topic = self.settings.topics.aborts
+        self.from_beginning = from_beginning
+        self.remember = remember
+        self._event_ids: OrderedDict[str, None] = OrderedDict()
+        self._newest: OrderedDict[str, Abort] = OrderedDict()
+        self._watches: dict[str, set[AbortWatch]] = {}
+        self._queues: set[asyncio.Queue[Abort | BaseException]] = set()
+        self._consumer: Any = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        where = f"{self.topic} at {self.settings.kafka.bootstrap}"
+        self._consumer = AIOKafkaConsumer(**connection_kwargs(self.settings.kafka), enable_auto_commit=False)
+        try:
+            async with asyncio.timeout(self.settings.kafka.request_timeout_s):
+                partitions = await partitions_of(self.settings, self.topic)
+                if not partitions:
+                    raise SubscribeError(f"topic {where} does not exist (run `qta-monitor topics apply`)")
+                await self._consumer.start()
+                tps = [TopicPartition(self.topic, p) for p in partitions]
+                self._consumer.assign(tps)
+                if self.from_beginning:
+                    await self._consumer.seek_to_beginning(*tps)
+                else:
+                    await self._consumer.seek_to_end(*tps)
+                for tp in tps:  # resolve positions now: an abort published after start() is never missed
+                    await self._consumer.position(tp)
+        except (KafkaError, KafkaUnavailable, TimeoutError, SubscribeError) as exc:
+            await self._consumer.stop()
+            if isinstance(exc, SubscribeError):
+                raise
+            raise SubscribeError(f"cannot read {where}: {exc!r}") from exc
+        self._task = asyncio.create_task(self._read(), name="qta-abort-subscriber")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    async def __aenter__(self) -> AbortSubscriber:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                batches = await self._consumer.getmany(timeout_ms=1000)
+                for messages in batches.values():
+                    for message in messages:
+                        abort = decode_abort(message.value or b"")
+                        if isinstance(abort, Abort):  # anything else is not ours to judge; skip it
+                            self.deliver(abort)
+        except KafkaError as exc:
+            self._fail(SubscribeError(f"reading {self.topic} failed: {exc!r}"))
+
+    def _fail(self, error: BaseException) -> None:
+        for watches in self._watches.values():
+            for watch in watches:
+                if not watch.future.done():
+                    watch.future.set_exception(error)
+        for queue in self._queues:
+            queue.put_nowait(error)
+
+    def deliver(self, abort: Abort) -> None:
+        """Hand an event to its iterators and watches (the reader calls this; so can tests). An event id
+        seen before is a replay (the worker re-publishes an aborted session's abort for every later chunk)
+        and changes nothing."""
+        if abort.event_id in self._event_ids:
+            return
+        remember(self._event_ids, abort.event_id, None, self.remember)
+        newest = self._newest.get(abort.session_id)
+        if newest is None or _rank(abort) >= _rank(newest):
+            remember(self._newest, abort.session_id, abort, self.remember)
+            for watch in self._watches.get(abort.session_id, ()):
+                watch.offer(abort)
+        for queue in self._queues:
+            queue.put_nowait(abort)
+
+    def watch(self, session_id: str, *, after: str | None = None) -> AbortWatch:
+        """A watch of the session's newest event; `after`: the id of an event already handled (a steer),
+        so that the watch waits for the next one."""
+        watch = AbortWatch(self, session_id, after)
+        if session_id in self._newest:
+            watch.offer(self._newest[session_id])
+        self._watches.setdefault(session_id, set()).add(watch)
+        return watch
+
+    def unwatch(self, watch: AbortWatch) -> None:
+        watches = self._watches.get(watch.session_id)
+        if watches is not None:
+            watches.discard(watch)
+            if not watches:
+                del self._watches[watch.session_id]
+
+    async def __aiter__(self) -> AsyncIterator[Abort]:
+        queue: asyncio.Queue[Abort | BaseException] = asyncio.Queue()
+        self._queues.add(queue)
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self._queues.discard(queue)
+
+
+class SyncAbortWatch:
+    """An AbortWatch for a thread: `abort` peeks, `wait(timeout)` blocks until the event (None on timeout)."""
+
+    def __init__(self, loop: LoopThread, watch: AbortWatch) -> None:
+        self._loop = loop
+        self._watch = watch
+        self.session_id = watch.session_id
+
+    @property
+    def abort(self) -> Abort | None:
+        return self._watch.abort
+
+    def wait(self, timeout: float | None = None) -> Abort | None:
+        return self._loop.run(self._wait(timeout), math.inf if timeout is None else timeout + 5)
+
+    async def _wait(self, seconds: float | None) -> Abort | None:
+        try:
+            async with asyncio.timeout(seconds):
+                return await self._watch.aborted()
+        except TimeoutError:
+            return None
+
+    def close(self) -> None:
+        self._loop.call(self._watch.close)
+
+    def __enter__(self) -> SyncAbortWatch:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class SyncAbortSubscriber:
+    """AbortSubscriber for code without an event loop: runs one on its own loop thread."""
+
+    def __init__(
+        self, settings: Settings | None = None, *, from_beginning: bool = False, remember: int = 10_000
+    ) -> None:
+        self._subscriber = AbortSubscriber(settings, from_beginning=from_beginning, remember=remember)
+        self._loop = LoopThread("qta-aborts", self._subscriber.settings.kafka.request_timeout_s * 2 + 5)
+
+    def start(self) -> None:
+        self._loop.open(self._subscriber.start())
+
+    def close(self) -> None:
+        self._loop.shut(self._subscriber.stop())
+
+    def __enter__(self) -> SyncAbortSubscriber:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def watch(self, session_id: str, *, after: str | None = None) -> SyncAbortWatch:
+        return SyncAbortWatch(self._loop, self._loop.call(self._subscriber.watch, session_id, after=after))

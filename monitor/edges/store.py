@@ -319,7 +319,7 @@ class RedisSessionStore:
             raise StoreUnavailable(
                 not_reachable("Redis", self._address, "redis.url"), recoverable=True
             ) from exc
-        except RedisError as exc:
+        except (RedisError, RedisClusterException) as exc:  # the latter: no node of the cluster answers
             raise _unavailable(exc, "ping") from exc
 
     async def load(self, session_ids: Iterable[str]) -> dict[str, SessionState]:
@@ -339,7 +339,7 @@ class RedisSessionStore:
                         pipe.mget(k["q"], k["t"], k["a"])
                         pipe.lrange(k["img"], 0, -1)
                     replies = await pipe.execute()
-        except RedisError as exc:
+        except (RedisError, RedisClusterException) as exc:  # the latter: no node of the cluster answers
             raise _unavailable(exc, "load") from exc
         found = {}
         for i, sid in enumerate(ids):

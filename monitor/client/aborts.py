@@ -13,7 +13,7 @@ from typing import Any, ParamSpec, TypeVar
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from monitor.client.loop import LoopThread, remember
+from monitor.client.loop import LoopThread, SyncTwin, remember
 from monitor.edges.kafka import (
     KafkaUnavailable,
     connection_kwargs,
@@ -230,29 +230,15 @@ class SyncAbortWatch:
         self.close()
 
 
-class SyncAbortSubscriber:
+class SyncAbortSubscriber(SyncTwin):
     """AbortSubscriber for code without an event loop: runs one on its own loop thread."""
 
     def __init__(
         self, settings: Settings | None = None, *, from_beginning: bool = False, remember: int = 10_000
     ) -> None:
         self._subscriber = AbortSubscriber(settings, from_beginning=from_beginning, remember=remember)
+        self._inner = self._subscriber
         self._loop = LoopThread("qta-aborts", self._subscriber.settings.kafka.request_timeout_s * 2 + 5)
-
-    def start(self) -> None:
-        self._loop.open(self._subscriber.start())
-
-    def close(self) -> None:
-        self._loop.shut(self._subscriber.stop())
-
-    def __enter__(self) -> SyncAbortSubscriber:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def watch(self, session_id: str, *, after: str | None = None) -> SyncAbortWatch:
         return SyncAbortWatch(self._loop, self._loop.call(self._subscriber.watch, session_id, after=after))

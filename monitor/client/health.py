@@ -10,7 +10,7 @@ from types import TracebackType
 from typing import ParamSpec, TypeVar
 
 from monitor.client.aborts import SubscribeError
-from monitor.client.loop import LoopThread, remember
+from monitor.client.loop import LoopThread, SyncTwin, remember
 from monitor.edges.tail import EventTail, WatchError
 from monitor.messages import Verdict
 from monitor.settings import Settings, load_settings
@@ -114,27 +114,13 @@ class MonitorHealth:
         return self.error is None and all(self.watching(sid) for sid in self._sent)
 
 
-class SyncMonitorHealth:
+class SyncMonitorHealth(SyncTwin):
     """MonitorHealth for code without an event loop: runs one on its own loop thread."""
 
     def __init__(self, settings: Settings | None = None, *, bound_s: float = 10.0) -> None:
         self._health = MonitorHealth(settings, bound_s=bound_s)
+        self._inner = self._health
         self._loop = LoopThread("qta-health", self._health.settings.kafka.request_timeout_s * 2 + 5)
-
-    def start(self) -> None:
-        self._loop.open(self._health.start())
-
-    def close(self) -> None:
-        self._loop.shut(self._health.stop())
-
-    def __enter__(self) -> SyncMonitorHealth:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def track(self, session_id: str) -> None:
         self._loop.call(self._health.track, session_id)

@@ -8,7 +8,8 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
-from typing import Any, ParamSpec, TypeVar
+from types import TracebackType
+from typing import Any, ParamSpec, Protocol, Self, TypeVar
 
 T = TypeVar("T")
 K = TypeVar("K")
@@ -71,3 +72,31 @@ class LoopThread:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
         self._loop.close()
+
+
+class Startable(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class SyncTwin:
+    """`start`, `close` and `with` for a sync twin whose async original (`_inner`) runs on `_loop`."""
+
+    _inner: Startable
+    _loop: LoopThread
+
+    def start(self) -> None:
+        self._loop.open(self._inner.start())
+
+    def close(self) -> None:
+        self._loop.shut(self._inner.stop())
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

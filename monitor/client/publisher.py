@@ -22,7 +22,7 @@ from typing import Any, ParamSpec, TypeVar
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from monitor.client.loop import LoopThread, remember
+from monitor.client.loop import LoopThread, SyncTwin, remember
 from monitor.edges.kafka import (
     MAX_MESSAGE_BYTES,
     EventSink,
@@ -263,30 +263,16 @@ class TracePublisher:
         self._raise_failure()
 
 
-class SyncTracePublisher:
+class SyncTracePublisher(SyncTwin):
     """The same for code without an event loop: runs a TracePublisher on its own loop thread."""
 
     def __init__(self, settings: Settings | None = None, *, timeout_s: float | None = None) -> None:
         self._publisher = TracePublisher(settings, timeout_s=timeout_s)
+        self._inner = self._publisher
         self._loop = LoopThread("qta-publisher", self._publisher.timeout_s * 2 + 5)
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self._loop.run(coro)
-
-    def start(self) -> None:
-        self._loop.open(self._publisher.start())
-
-    def close(self) -> None:
-        self._loop.shut(self._publisher.stop())
-
-    def __enter__(self) -> SyncTracePublisher:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def session(
         self,

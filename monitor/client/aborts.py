@@ -8,18 +8,11 @@ import math
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar
-
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
+from typing import ParamSpec, TypeVar
 
 from monitor.client.loop import LoopThread, SyncTwin, remember
-from monitor.edges.kafka import (
-    KafkaUnavailable,
-    connection_kwargs,
-    partitions_of,
-)
-from monitor.messages import Abort, decode_abort
+from monitor.edges.tail import EventTail, WatchError
+from monitor.messages import Abort
 from monitor.settings import Settings, load_settings
 
 T = TypeVar("T")
@@ -89,39 +82,24 @@ class AbortSubscriber:
         self._newest: OrderedDict[str, Abort] = OrderedDict()
         self._watches: dict[str, set[AbortWatch]] = {}
         self._queues: set[asyncio.Queue[Abort | BaseException]] = set()
-        self._consumer: Any = None
+        self._tail: EventTail | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        where = f"{self.topic} at {self.settings.kafka.bootstrap}"
-        self._consumer = AIOKafkaConsumer(**connection_kwargs(self.settings.kafka), enable_auto_commit=False)
+        tail = EventTail(self.settings, [self.topic], from_beginning=self.from_beginning)
         try:
-            async with asyncio.timeout(self.settings.kafka.request_timeout_s):
-                partitions = await partitions_of(self.settings, self.topic)
-                if not partitions:
-                    raise SubscribeError(f"topic {where} does not exist (run `qta-monitor topics apply`)")
-                await self._consumer.start()
-                tps = [TopicPartition(self.topic, p) for p in partitions]
-                self._consumer.assign(tps)
-                if self.from_beginning:
-                    await self._consumer.seek_to_beginning(*tps)
-                else:
-                    await self._consumer.seek_to_end(*tps)
-                for tp in tps:  # resolve positions now: an abort published after start() is never missed
-                    await self._consumer.position(tp)
-        except (KafkaError, KafkaUnavailable, TimeoutError, SubscribeError) as exc:
-            await self._consumer.stop()
-            if isinstance(exc, SubscribeError):
-                raise
-            raise SubscribeError(f"cannot read {where}: {exc!r}") from exc
-        self._task = asyncio.create_task(self._read(), name="qta-abort-subscriber")
+            await tail.start()  # positions resolved: an abort published after start() is never missed
+        except WatchError as exc:
+            raise SubscribeError(str(exc)) from exc
+        self._tail = tail
+        self._task = asyncio.create_task(self._read(tail), name="qta-abort-subscriber")
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        if self._consumer is not None:
-            await self._consumer.stop()
+        if self._tail is not None:
+            await self._tail.stop()
 
     async def __aenter__(self) -> AbortSubscriber:
         await self.start()
@@ -132,17 +110,14 @@ class AbortSubscriber:
     ) -> None:
         await self.stop()
 
-    async def _read(self) -> None:
+    async def _read(self, tail: EventTail) -> None:
         try:
             while True:
-                batches = await self._consumer.getmany(timeout_ms=1000)
-                for messages in batches.values():
-                    for message in messages:
-                        abort = decode_abort(message.value or b"")
-                        if isinstance(abort, Abort):  # anything else is not ours to judge; skip it
-                            self.deliver(abort)
-        except KafkaError as exc:
-            self._fail(SubscribeError(f"reading {self.topic} failed: {exc!r}"))
+                for event in await tail.poll(1.0):
+                    if isinstance(event, Abort):  # anything undecodable is not ours to judge; skipped
+                        self.deliver(event)
+        except WatchError as exc:
+            self._fail(SubscribeError(str(exc)))
 
     def _fail(self, error: BaseException) -> None:
         for watches in self._watches.values():

@@ -56,7 +56,10 @@ class EventTail:
                 for topic in self.topics:
                     partitions = await partitions_of(self.settings, topic)
                     if not partitions:
-                        raise WatchError(f"topic {topic} does not exist (run `qta-monitor topics apply`)")
+                        raise WatchError(
+                            f"topic {topic} at {self.settings.kafka.bootstrap} does not exist"
+                            " (run `qta-monitor topics apply`)"
+                        )
                     tps += [TopicPartition(topic, p) for p in partitions]
                 await self._consumer.start()
                 self._consumer.assign(tps)

@@ -53,8 +53,8 @@ from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from common import RESULTS, ROOT, quantile, rss_mb, trace_text, write_result
 
 from monitor.demo import settings_env
+from monitor.edges.kafka import apply_topics, delete_topics
 from monitor.guards.profile import MARKER, Profile
-from monitor.kafka import apply_topics, delete_topics
 from monitor.messages import Chunk, encode
 from monitor.settings import Settings, load_settings
 
@@ -242,6 +242,12 @@ class Session:
     sent: int = 0  # chunks sent so far
     stopped: bool = False  # no more chunks will be sent (ended, aborted or cut at the end of a level)
     ended: bool = False  # its `end` was sent
+    name: str = "synthetic"  # or the bundled sample's id
+
+    @property
+    def harm_sent(self) -> bool:
+        """The harmful part was sent (a session cut before its marker is a safe one)."""
+        return self.harmful and self.sent >= self.marker_seq
 
 
 @dataclass
@@ -268,10 +274,13 @@ class Traffic:
         session_tokens: int = 384,
         harmful_every: int = 8,
         seed: int = 0,
+        samples: Sequence[dict[str, Any]] = (),
+        sample_every: int = 0,
     ):
         self.settings = settings
         self.rate, self.chunk_tokens, self.session_tokens = rate, chunk_tokens, session_tokens
         self.harmful_every = harmful_every
+        self.samples, self.sample_every = list(samples), sample_every
         self.rng = random.Random(seed)
         self.interval = chunk_tokens / rate
         self.producer = AIOKafkaProducer(
@@ -330,6 +339,8 @@ class Traffic:
     # -- planning
     def plan(self, n: int) -> Session:
         sid = f"so-{self.prefix}-{n}"
+        if self.samples and self.sample_every and n % self.sample_every == self.sample_every // 2:
+            return self.plan_sample(sid, self.samples[n // self.sample_every % len(self.samples)])
         text = trace_text(self.session_tokens * CHARS_PER_TOKEN, seed=n)
         size = self.chunk_tokens * CHARS_PER_TOKEN
         pieces = [text[i : i + size] for i in range(0, len(text), size)]
@@ -343,6 +354,18 @@ class Traffic:
         chunks += [Chunk(session_id=sid, seq=i + 2, part="thinking", text=p) for i, p in enumerate(pieces)]
         chunks.append(Chunk(session_id=sid, seq=len(chunks) + 1, part="end"))
         return Session(sid, chunks, harmful, marker_seq)
+
+    def plan_sample(self, sid: str, sample: dict[str, Any]) -> Session:
+        """A bundled sample (monitor/samples/sessions.jsonl) in chunks of this run's size; the profile guard
+        scores it harmful from its first response chunk when its label is 1."""
+        size = self.chunk_tokens * CHARS_PER_TOKEN
+        chunks = [Chunk(session_id=sid, seq=1, part="question", text=sample["question"])]
+        for part in ("thinking", "answer"):
+            text = sample.get(part) or ""
+            for i in range(0, len(text), size):
+                chunks.append(Chunk(session_id=sid, seq=len(chunks) + 1, part=part, text=text[i : i + size]))
+        chunks.append(Chunk(session_id=sid, seq=len(chunks) + 1, part="end"))
+        return Session(sid, chunks, sample["label"] == 1, 2, name=sample["id"])
 
     def schedule(self, session: Session, at: float) -> None:
         self.sessions[session.sid] = session
@@ -393,7 +416,7 @@ class Traffic:
                 s = self.sessions[sid]
                 if s.stopped:
                     continue
-                if s.harmful and sid in self.observed.aborts:  # the stack stops at the abort
+                if sid in self.observed.aborts:  # the stack stops at the abort
                     s.stopped = True
                     await self._end(s)
                 else:
@@ -788,6 +811,88 @@ async def one_count(args: argparse.Namespace, n_workers: int, workdir: Path) -> 
     return result
 
 
+# ------------------------------------------------------------------------------- Redis per live session
+def redis_info(url: str) -> dict[str, int]:
+    """used_memory, used_memory_dataset and keys of the Redis at `url` (one node)."""
+    port = url.rsplit(":", 1)[1].split("/")[0]
+    out: dict[str, int] = {}
+    for line in subprocess.run(
+        ["redis-cli", "-p", port, "info", "memory"], capture_output=True, text=True, check=True
+    ).stdout.splitlines():
+        key, _, value = line.strip().partition(":")
+        if key in ("used_memory", "used_memory_dataset"):
+            out[key] = int(value)
+    dbsize = subprocess.run(["redis-cli", "-p", port, "dbsize"], capture_output=True, text=True, check=True)
+    out["keys"] = int(dbsize.stdout.strip())
+    return out
+
+
+def private_redis(port: int) -> str:
+    """scripts/redis.sh on `port`, emptied; its url."""
+    env = {**os.environ, "QTA_REDIS_PORT": str(port)}
+    subprocess.run(
+        ["bash", str(ROOT / "scripts/redis.sh"), "start"], env=env, check=True, capture_output=True
+    )
+    subprocess.run(["redis-cli", "-p", str(port), "flushall"], check=True, capture_output=True)
+    return f"redis://127.0.0.1:{port}/0"
+
+
+async def redis_memory(args: argparse.Namespace, workdir: Path, tokens: int) -> dict[str, Any]:
+    """Redis bytes per live session of `tokens` trace tokens: `args.redis_memory` sessions streamed chunk by
+    chunk in lockstep (each round waits for a verdict on every session, as a live stream is scored once per
+    chunk, so the capped score list fills as it would), never ended; INFO memory before and after, on a
+    private Redis (scripts/redis.sh on `--memory-redis-port`, emptied first)."""
+    port = args.memory_redis_port
+    url = private_redis(port)
+    tag = f"redismem-{tokens}-{uuid.uuid4().hex[:6]}"
+    settings = run_settings(args.bootstrap, url, args.partitions, args.replication, tag, workdir)
+    await apply_topics(settings)
+    workers = Workers(settings, workdir, profile_file(workdir, args.scale))
+    traffic = Traffic(settings, session_tokens=tokens, harmful_every=0)
+    group = Group(settings)
+    try:
+        workers.add()
+        await group.start()
+        await group.stable_with({w.name for w in workers.live})
+        await traffic.start()
+        await asyncio.sleep(1.0)
+        before = redis_info(url)
+        plans = [traffic.plan(n) for n in range(args.redis_memory)]
+        for k in range(len(plans[0].chunks) - 1):  # every chunk but `end`
+            for p in plans:
+                await traffic._send(p.chunks[k])
+            if k == 0:  # a question alone is not scored
+                continue
+            deadline = time.monotonic() + 120
+            while any(traffic.observed.covered.get(p.sid, 0) < k + 1 for p in plans):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"round {k} not covered")
+                await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)
+        after = redis_info(url)
+        n = len(plans)
+        return {
+            "sessions": n,
+            "trace_tokens": tokens,
+            "chars_held": len(QUESTION) + tokens * CHARS_PER_TOKEN,
+            "before": before,
+            "after": after,
+            "used_memory_per_session_b": round((after["used_memory"] - before["used_memory"]) / n),
+            "dataset_per_session_b": round(
+                (after["used_memory_dataset"] - before["used_memory_dataset"]) / n
+            ),
+            "keys_per_session": round((after["keys"] - before["keys"]) / n, 2),
+        }
+    finally:
+        await traffic.close()
+        workers.stop_all()
+        with contextlib.suppress(Exception):
+            await group.close()
+        with contextlib.suppress(Exception):
+            await delete_topics(settings)
+        private_redis(port)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", default="1,2,4,8", help="worker counts, comma-separated")
@@ -810,10 +915,26 @@ def main() -> None:
     ap.add_argument("--rebalance-max-workers", type=int, default=99, help="time rebalances below this count")
     ap.add_argument("--out-name", default="scaleout")
     ap.add_argument("--keep", action="store_true", help="keep the run's folder (worker logs)")
+    ap.add_argument(
+        "--redis-memory", type=int, default=0, help="only measure Redis per live session, N sessions"
+    )
+    ap.add_argument("--memory-tokens", default="384,1536", help="trace tokens per session for --redis-memory")
+    ap.add_argument("--memory-redis-port", type=int, default=17131)
     args = ap.parse_args()
     counts = [int(x) for x in args.workers.split(",")]
     rows = []
     with workdir_for(args.keep) as workdir:
+        if args.redis_memory:
+            sizes = [asyncio.run(redis_memory(args, workdir, int(t))) for t in args.memory_tokens.split(",")]
+            for size in sizes:
+                print(
+                    f"redis: {size['sessions']} live sessions of {size['trace_tokens']} tokens: "
+                    f"{size['used_memory_per_session_b']:,} B used_memory, "
+                    f"{size['dataset_per_session_b']:,} B data set, {size['keys_per_session']} keys each",
+                    flush=True,
+                )
+            write_result(f"{args.out_name}-redis-memory", {"args": vars(args), "sizes": sizes})
+            return
         print(f"run folder {workdir}; load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
         for n in counts:
             load0 = os.getloadavg()[0]

@@ -594,9 +594,15 @@ async def run_level(
         for k, v in used.items()
         if k.endswith("_cores")
     }
-    # held: the lag does not grow by more than 5 % of the chunk rate and the p99 stays within the bound
-    row["held"] = bool(growth <= max(2.0, 0.05 * rate_chunks) and row["chunk_to_verdict_p99_s"] <= bound_s)
+    row["held"] = held(row, bound_s)
     return row
+
+
+def held(row: dict[str, Any], bound_s: float) -> bool:
+    """A level holds when the committed lag grows by at most 1 % of the chunk rate (2 chunks/s at least:
+    noise) over the level and the p99 chunk-to-verdict stays within the bound."""
+    allowed = max(2.0, 0.01 * row["chunks_per_s_sent"])
+    return bool(row["lag_growth_per_s"] <= allowed and row["chunk_to_verdict_p99_s"] <= bound_s)
 
 
 async def drain(traffic: Traffic, group: Group, timeout_s: float = 90.0) -> float:

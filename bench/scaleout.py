@@ -779,7 +779,7 @@ async def one_count(args: argparse.Namespace, n_workers: int, workdir: Path) -> 
         result["held"] = held
         result["saturated"] = result["levels"][-1] if not result["levels"][-1]["held"] else None
         if held is not None and args.profile_seconds > 0:
-            prof = RESULTS / f"scaleout-{n_workers}w-worker.pyspy.txt"
+            prof = RESULTS / f"{args.out_name}-{n_workers}w-worker.pyspy.txt"
             spy = py_spy(workers.live[0].proc.pid, args.profile_seconds, prof)
             top = result["saturated"] or held
             row = await run_level(

@@ -54,7 +54,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from common import RESULTS, ROOT, quantile, rss_mb, write_result
 from scaleout import CLUSTER, STATE, Group, Session, Traffic, Workers, profile_file, run_settings, slope
 
-from monitor.kafka import apply_topics, delete_topics, topic_specs
+from monitor.edges.kafka import apply_topics, delete_topics, topic_specs
 from monitor.settings import Settings
 
 REDIS_PORT = 17121  # six nodes 17121-17126: not the fail-over tests' 17101 / 17111

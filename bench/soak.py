@@ -263,6 +263,7 @@ class Soak:
         self.lags: list[tuple[float, int]] = []
         self.rss: dict[str, list[tuple[float, float]]] = {}
         self.redis_mem: list[tuple[float, int, int, int]] = []  # time, used, dataset, keys
+        self.disk: dict[str, int] = {}
 
     async def sample(self) -> None:
         """Every `--sample-s`: committed lag, each worker's RSS, the Redis primaries' used memory."""
@@ -369,6 +370,7 @@ class Soak:
             stopped_at = time.time()
             await self.traffic.end_all()
             await self.settle()
+            self.disk = await asyncio.to_thread(kafka_bytes, self.settings)
         finally:
             sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -456,6 +458,11 @@ class Soak:
             "chunk_to_verdict_max_s": round(max((lat for _, lat, _, _ in obs.verdicts), default=0.0), 3),
             "chunk_to_abort_p99_quiet_s": round(quantile(quiet_aborts, 0.99), 3),
             "lag_max": max((v for _, v in self.lags), default=0),
+            "kafka_bytes_on_disk_all_replicas": self.disk,
+            "kafka_bytes_per_message": {
+                "chunks": round(self.disk.get("chunks", 0) / max(1, 3 * chunks), 1),
+                "verdicts": round(self.disk.get("verdicts", 0) / max(1, 3 * len(obs.verdicts)), 1),
+            },
             "worker_rss": rss,
             "redis_memory": redis,
             "problems": {
@@ -483,6 +490,18 @@ async def until(check: Callable[[], Awaitable[bool]], timeout_s: float, every_s:
 
 async def done(value: bool) -> bool:
     return value
+
+
+def kafka_bytes(settings: Settings) -> dict[str, int]:
+    """Bytes on disk per topic of this run, summed over the cluster's three nodes (every replica)."""
+    out: dict[str, int] = {}
+    for role in ("chunks", "verdicts", "aborts"):
+        topic = getattr(settings.topics, role)
+        total = 0
+        for d in (STATE / "kafka-cluster-29092").glob(f"node-*/data/{topic}-*"):
+            total += sum(f.stat().st_size for f in d.glob("*.log"))
+        out[role] = total
+    return out
 
 
 def statistics_median(values: list[int]) -> float:

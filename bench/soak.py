@@ -38,6 +38,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import random
 import signal
@@ -264,6 +265,7 @@ class Soak:
         self.rss: dict[str, list[tuple[float, float]]] = {}
         self.redis_mem: list[tuple[float, int, int, int]] = []  # time, used, dataset, keys
         self.disk: dict[str, int] = {}
+        self.deaths: list[dict[str, Any]] = []
 
     async def sample(self) -> None:
         """Every `--sample-s`: committed lag, each worker's RSS, the Redis primaries' used memory."""
@@ -271,6 +273,19 @@ class Soak:
             now = time.time()
             with contextlib.suppress(Exception):
                 self.lags.append((now, await self.group.lag()))
+            for dead in self.workers.died():  # a worker that exits by itself is recorded and replaced
+                self.workers.live.remove(dead)
+                self.workers.gone.append(dead)
+                self.deaths.append(
+                    {
+                        "worker": dead.name,
+                        "at": now,
+                        "exit_code": dead.proc.returncode,
+                        "error": last_error(dead.log),
+                        "replaced_by": self.workers.add().name,
+                    }
+                )
+                print(f"worker {dead.name} died by itself: {self.deaths[-1]}", flush=True)
             for w in self.workers.live:
                 with contextlib.suppress(Exception):
                     self.rss.setdefault(w.name, []).append((now, rss_mb(w.proc.pid)))
@@ -363,8 +378,6 @@ class Soak:
         try:
             for fault in faults:
                 await asyncio.sleep(max(0.0, began + fault.at_s - time.time()))
-                if w.died():
-                    raise RuntimeError(f"a worker died by itself: {[x.log for x in w.died()]}")
                 await self.inject(fault)
             await asyncio.sleep(max(0.0, began + seconds - time.time()))
             stopped_at = time.time()
@@ -438,7 +451,7 @@ class Soak:
             "Redis data set flat after warm-up": redis is not None and redis["flat"],
             f"p99 chunk-to-verdict outside fault windows <= {args.p99_bound_s} s": p99_quiet
             <= args.p99_bound_s,
-            "no worker died by itself": not self.workers.died(),
+            "no worker died by itself": not self.deaths and not self.workers.died(),
         }
         return {
             "seed": args.seed,
@@ -473,6 +486,16 @@ class Soak:
                 "dead_letters": obs.dead[:5],
                 "degraded": sorted(obs.degraded)[:20],
             },
+            "worker_deaths": [d | {"at_s": round(d.pop("at") - began, 1)} for d in self.deaths],
+            "series": {
+                "rss_mb": {
+                    k: [(round(t - began, 1), round(v, 2)) for t, v in pts] for k, pts in self.rss.items()
+                },
+                "redis_used_dataset_keys": [
+                    (round(m[0] - began, 1), m[1], m[2], m[3]) for m in self.redis_mem
+                ],
+                "committed_lag": [(round(t - began, 1), v) for t, v in self.lags],
+            },
             "checks": checks,
             "passed": all(checks.values()),
         }
@@ -502,6 +525,15 @@ def kafka_bytes(settings: Settings) -> dict[str, int]:
             total += sum(f.stat().st_size for f in d.glob("*.log"))
         out[role] = total
     return out
+
+
+def last_error(log: Path) -> str:
+    """The exception line of the last traceback in a worker's log (else its last line)."""
+    lines = log.read_text(errors="replace").splitlines()
+    starts = [i for i, x in enumerate(lines) if x.startswith("Traceback")]
+    after = lines[starts[-1] + 1 :] if starts else []
+    found = next((x for x in after if x and not x.startswith((" ", "\t"))), None)
+    return (found or (lines[-1] if lines else ""))[:300]
 
 
 def statistics_median(values: list[int]) -> float:
@@ -618,6 +650,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None, help="result file (default bench/results/soak.json)")
     ap.add_argument("--keep-redis", action="store_true")
     args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # this process's clients retry through faults
     long = args.minutes >= 10
     args.sessions = args.sessions or round(0.7 * (capacity_sessions(2) or 86))
     args.rounds = args.rounds or max(1, round(args.minutes / 10))

@@ -12,7 +12,7 @@ cd "$ROOT"
 bash scripts/install.sh || exit 1
 "${PYTHON:-python}" -m pytest -q -m "not cluster" "$@"
 rc=$?
-CLUSTER_TIMEOUT="${QTA_CLUSTER_TEST_TIMEOUT:-900}"
+CLUSTER_TIMEOUT="${QTA_CLUSTER_TEST_TIMEOUT:-1200}"
 timeout -k 30 "$CLUSTER_TIMEOUT" "${PYTHON:-python}" -m pytest -q -m cluster "$@"
 crc=$?
 if [ $crc -eq 124 ] || [ $crc -eq 137 ]; then

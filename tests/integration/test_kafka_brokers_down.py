@@ -132,8 +132,8 @@ async def test_two_brokers_down_stop_every_commit_and_the_worker_resumes_when_on
                 assert sum(not s.done() for s in streams) >= 3, "the outage should land mid-replay"
                 status, body = _ready(port)
                 assert status == 503 and json.loads(body)["kafka"] != "ok", (status, body)
-                # The worker may still be inside aiokafka's own retries (no log line of ours yet): the promise is
-                # the frozen commits and /ready above, not the wording of a log line.
+                # The worker may still be inside aiokafka's own retries (no log line of ours yet): the
+                # promise is the frozen commits and /ready above, not the wording of a log line.
             finally:  # one broker back in any case: the publisher flushes on its way out
                 await asyncio.to_thread(cluster_sh, "start", str(dead[0]))  # until it answers
             returned_at = time.time()

@@ -10,8 +10,10 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import ParamSpec, TypeVar
 
+from monitor.client.follower import Follower
+from monitor.client.follower import SubscribeError as SubscribeError
 from monitor.client.loop import LoopThread, SyncTwin, remember
-from monitor.edges.tail import EventTail, WatchError
+from monitor.edges.tail import Event
 from monitor.messages import Abort
 from monitor.settings import Settings, load_settings
 
@@ -22,10 +24,6 @@ P = ParamSpec("P")
 
 
 __all__ = ["AbortSubscriber", "AbortWatch", "SubscribeError", "SyncAbortSubscriber", "SyncAbortWatch"]
-
-
-class SubscribeError(Exception):
-    """The aborts (or verdicts) topic cannot be read (broker unreachable, topic missing)."""
 
 
 def _rank(event: Abort) -> tuple[int, bool]:
@@ -65,7 +63,7 @@ class AbortWatch:
         self.subscriber.unwatch(self)
 
 
-class AbortSubscriber:
+class AbortSubscriber(Follower):
     """Reads the aborts topic (from its end by default; no consumer group, nothing committed) and hands
     each event to every `async for` over the subscriber and, when it is its session's newest, to the
     session's watches. Events are deduplicated by event id (the last `remember`); the newest event of the
@@ -76,48 +74,21 @@ class AbortSubscriber:
     ) -> None:
         self.settings = settings if settings is not None else load_settings()
         self.topic = self.settings.topics.aborts
+        self._name = "qta-abort-subscriber"
         self.from_beginning = from_beginning
         self.remember = remember
         self._event_ids: OrderedDict[str, None] = OrderedDict()
         self._newest: OrderedDict[str, Abort] = OrderedDict()
         self._watches: dict[str, set[AbortWatch]] = {}
         self._queues: set[asyncio.Queue[Abort | BaseException]] = set()
-        self._tail: EventTail | None = None
-        self._task: asyncio.Task[None] | None = None
+        super().__init__()
 
-    async def start(self) -> None:
-        tail = EventTail(self.settings, [self.topic], from_beginning=self.from_beginning)
-        try:
-            await tail.start()  # positions resolved: an abort published after start() is never missed
-        except WatchError as exc:
-            raise SubscribeError(str(exc)) from exc
-        self._tail = tail
-        self._task = asyncio.create_task(self._read(tail), name="qta-abort-subscriber")
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, Abort):
+            self.deliver(event)
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        if self._tail is not None:
-            await self._tail.stop()
-
-    async def __aenter__(self) -> AbortSubscriber:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
-
-    async def _read(self, tail: EventTail) -> None:
-        try:
-            while True:
-                for event in await tail.poll(1.0):
-                    if isinstance(event, Abort):  # anything undecodable is not ours to judge; skipped
-                        self.deliver(event)
-        except WatchError as exc:
-            self._fail(SubscribeError(str(exc)))
+    def _on_error(self, error: SubscribeError) -> None:
+        self._fail(error)
 
     def _fail(self, error: BaseException) -> None:
         for watches in self._watches.values():

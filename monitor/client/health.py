@@ -3,15 +3,13 @@ the oldest response chunk has waited for a verdict; `SyncMonitorHealth` is the s
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import OrderedDict, deque
-from types import TracebackType
 from typing import ParamSpec, TypeVar
 
-from monitor.client.aborts import SubscribeError
+from monitor.client.follower import Follower, SubscribeError
 from monitor.client.loop import LoopThread, SyncTwin, remember
-from monitor.edges.tail import EventTail, WatchError
+from monitor.edges.tail import Event
 from monitor.messages import Verdict
 from monitor.settings import Settings, load_settings
 
@@ -24,7 +22,7 @@ P = ParamSpec("P")
 __all__ = ["MonitorHealth", "SyncMonitorHealth"]
 
 
-class MonitorHealth:
+class MonitorHealth(Follower):
     """Whether the monitor is watching. Reads the verdicts topic from its end (no consumer group, nothing
     committed) and keeps, per tracked session, when each response chunk was sent; a verdict of the session
     answers every chunk up to its seq. A worker that is down, or lags, shows as a chunk that waits:
@@ -35,47 +33,21 @@ class MonitorHealth:
         self, settings: Settings | None = None, *, bound_s: float = 10.0, remember_sessions: int = 100_000
     ) -> None:
         self.settings = settings if settings is not None else load_settings()
+        self.topic = self.settings.topics.verdicts
+        self._name = "qta-monitor-health"
         self.bound_s = bound_s
         self.remember_sessions = remember_sessions
         self.error: SubscribeError | None = None
         self._sent: OrderedDict[str, deque[tuple[int, float]]] = OrderedDict()  # (seq, monotonic sent)
         self._answered: dict[str, int] = {}
-        self._tail: EventTail | None = None
-        self._task: asyncio.Task[None] | None = None
+        super().__init__()
 
-    async def start(self) -> None:
-        tail = EventTail(self.settings, [self.settings.topics.verdicts])
-        try:
-            await tail.start()
-        except WatchError as exc:
-            raise SubscribeError(str(exc)) from exc
-        self._tail = tail
-        self._task = asyncio.create_task(self._read(tail), name="qta-monitor-health")
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, Verdict):
+            self.answered(event.session_id, event.seq)
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        if self._tail is not None:
-            await self._tail.stop()
-
-    async def __aenter__(self) -> MonitorHealth:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
-
-    async def _read(self, tail: EventTail) -> None:
-        try:
-            while True:
-                for event in await tail.poll(1.0):
-                    if isinstance(event, Verdict):
-                        self.answered(event.session_id, event.seq)
-        except WatchError as exc:
-            self.error = SubscribeError(str(exc))
+    def _on_error(self, error: SubscribeError) -> None:
+        self.error = error
 
     def track(self, session_id: str) -> None:
         """Follow this session's verdicts from now on (the last `remember_sessions` sessions tracked)."""
